@@ -1,0 +1,123 @@
+/**
+ * Typed domain errors. Everything the domain throws at a caller is one of
+ * these; `src/rpc/errors.ts` maps them to gRPC/Connect codes in one place and
+ * the REST layer maps those codes to HTTP statuses.
+ *
+ * Messages name the offending field and the shape of the value, never a
+ * secret (credentials, env values).
+ */
+
+/** gRPC status code names, snake_case, as they appear in REST error bodies. */
+export type ErrorCode =
+  | "invalid_argument"
+  | "not_found"
+  | "already_exists"
+  | "failed_precondition"
+  | "aborted"
+  | "unauthenticated"
+  | "permission_denied"
+  | "resource_exhausted"
+  | "unavailable"
+  | "deadline_exceeded"
+  | "cancelled"
+  | "internal";
+
+export class FleetError extends Error {
+  readonly code: ErrorCode;
+  /** The request field the error is about, when there is one. */
+  readonly field: string | undefined;
+  constructor(code: ErrorCode, message: string, field?: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "FleetError";
+    this.code = code;
+    this.field = field;
+  }
+}
+
+/** Thrown when a request field is missing, of the wrong shape or out of range. */
+export class InvalidArgumentError extends FleetError {
+  constructor(field: string, message: string) {
+    super("invalid_argument", `${field}: ${message}`, field);
+    this.name = "InvalidArgumentError";
+  }
+}
+
+/** Thrown when a resource named by id does not exist. */
+export class NotFoundError extends FleetError {
+  readonly resource: string;
+  readonly id: string;
+  constructor(resource: string, id: string, field?: string) {
+    super("not_found", `${resource} ${JSON.stringify(id)} not found`, field);
+    this.name = "NotFoundError";
+    this.resource = resource;
+    this.id = id;
+  }
+}
+
+/** Thrown when the resource is in a state that forbids the operation. */
+export class FailedPreconditionError extends FleetError {
+  constructor(message: string, field?: string) {
+    super("failed_precondition", message, field);
+    this.name = "FailedPreconditionError";
+  }
+}
+
+/** Thrown when a create would duplicate a unique value (e.g. a machine name). */
+export class AlreadyExistsError extends FleetError {
+  constructor(message: string, field?: string) {
+    super("already_exists", message, field);
+    this.name = "AlreadyExistsError";
+  }
+}
+
+/** Thrown when a call carries no valid token. */
+export class UnauthenticatedError extends FleetError {
+  constructor(message = "a valid bearer token is required") {
+    super("unauthenticated", message);
+    this.name = "UnauthenticatedError";
+  }
+}
+
+/** Thrown when a valid token is not allowed to do what it asked. */
+export class PermissionDeniedError extends FleetError {
+  constructor(message: string) {
+    super("permission_denied", message);
+    this.name = "PermissionDeniedError";
+  }
+}
+
+/** Thrown when the service is shutting down or a dependency is down. */
+export class UnavailableError extends FleetError {
+  constructor(message: string) {
+    super("unavailable", message);
+    this.name = "UnavailableError";
+  }
+}
+
+/**
+ * Why a command could not run, or stopped being observable, on its target.
+ * These become `error.code` of a `failed` or `lost` command; they are not
+ * thrown at API callers.
+ */
+export type TargetErrorReason =
+  | "unreachable"
+  | "auth_failed"
+  | "host_key_mismatch"
+  | "cwd_not_found"
+  | "run_as_refused"
+  | "spawn_failed"
+  | "connection_lost"
+  | "remote_state_lost"
+  | "service_restarted";
+
+/** A failure talking to a target machine (connect, authenticate, exec). */
+export class TargetError extends Error {
+  readonly reason: TargetErrorReason;
+  readonly machineId: string | undefined;
+  constructor(reason: TargetErrorReason, message: string, machineId?: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "TargetError";
+    this.reason = reason;
+    this.machineId = machineId;
+  }
+}

@@ -1,0 +1,268 @@
+/**
+ * The ports the domain needs from the outside world. `src/ssh` implements
+ * `Transport`, `src/db` implements the stores. Nothing here depends on ssh2,
+ * MikroORM, Connect or fastify.
+ */
+import type { Readable } from "node:stream";
+
+export type CommandStatus =
+  | "queued"
+  | "running"
+  | "completed"
+  | "failed"
+  | "timed_out"
+  | "cancelled"
+  | "skipped"
+  | "lost";
+
+export const TERMINAL_STATUSES: readonly CommandStatus[] = [
+  "completed",
+  "failed",
+  "timed_out",
+  "cancelled",
+  "skipped",
+  "lost",
+];
+
+export function isTerminal(status: CommandStatus): boolean {
+  return TERMINAL_STATUSES.includes(status);
+}
+
+export type OutputStreamName = "stdout" | "stderr";
+
+/** A registered machine, credentials included: never leaves the service. */
+export interface MachineRecord {
+  id: string;
+  name: string;
+  host: string;
+  port: number;
+  username: string;
+  privateKey: string | null;
+  passphrase: string | null;
+  password: string | null;
+  /** `SHA256:<base64 without padding>`, as `ssh-keygen -lf` prints it. */
+  hostKeyFingerprint: string | null;
+  /** The key type the fingerprint belongs to (e.g. `ssh-ed25519`), once known. */
+  hostKeyAlgorithm: string | null;
+  labels: Record<string, string>;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+/** What a transport needs to reach a machine. */
+export interface MachineTarget {
+  id: string;
+  host: string;
+  port: number;
+  username: string;
+  privateKey: string | null;
+  passphrase: string | null;
+  password: string | null;
+  hostKeyFingerprint: string | null;
+  hostKeyAlgorithm: string | null;
+  /** The built-in machine: runs on the service's own host without SSH. */
+  local?: boolean;
+}
+
+/** How a remote process ended, as the SSH channel reported it. */
+export interface ExitInfo {
+  /** Exit code; null when the channel closed without one. */
+  code: number | null;
+  /** Signal name without `SIG` as OpenSSH reports it (`TERM`), or null. */
+  signal: string | null;
+}
+
+/** One process started on a target by `Transport.exec`. */
+export interface RemoteProcess {
+  stdout: Readable;
+  stderr: Readable;
+  /**
+   * Settles when the channel is closed and both streams have ended. Rejects
+   * with a `TargetError` (`connection_lost`) when the connection dies first.
+   */
+  done: Promise<ExitInfo>;
+  /** Closes the channel. Does NOT kill what runs on the target. */
+  close(): void;
+}
+
+export interface ExecOptions {
+  /** Written to the process's stdin, which is then closed. */
+  stdin?: string | Buffer;
+  /** Aborting closes the channel (it does not kill the remote processes). */
+  signal?: AbortSignal;
+}
+
+export interface ProbeResult {
+  /** Connect (or reuse) + authenticate + run `true`, in milliseconds. */
+  latencyMs: number;
+  hostKeyFingerprint: string | null;
+  hostKeyAlgorithm: string | null;
+}
+
+export interface TransportStats {
+  connections: number;
+  channels: number;
+}
+
+/**
+ * Runs processes on targets. `commandLine` is fixed text chosen by the
+ * domain (never request data); everything request-specific travels on stdin.
+ * Failures to connect reject with a `TargetError` whose reason is
+ * `unreachable`, `auth_failed`, `host_key_mismatch` or `spawn_failed`.
+ */
+export interface Transport {
+  exec(target: MachineTarget, commandLine: string, options?: ExecOptions): Promise<RemoteProcess>;
+  probe(target: MachineTarget): Promise<ProbeResult>;
+  /** Drops pooled connections of a machine (after its credentials changed or it was deleted). */
+  forget(machineId: string): void;
+  stats(): TransportStats;
+  close(): Promise<void>;
+}
+
+/** Where a command's remote job lives, for cancel and re-attach. */
+export interface RunnerState {
+  /** Job directory on the target, relative to the login user's home. */
+  jobDir: string;
+  /** Run-as user, when the command runs through sudo. */
+  user: string | null;
+}
+
+export interface CommandRecord {
+  id: string;
+  machineId: string;
+  command: string;
+  cwd: string | null;
+  envKeys: string[];
+  user: string | null;
+  timeoutMs: number;
+  status: CommandStatus;
+  exitCode: number | null;
+  signal: string | null;
+  stdoutBytes: number;
+  stderrBytes: number;
+  stdoutTruncated: boolean;
+  stderrTruncated: boolean;
+  /** Total bytes of the combined output log (stdout + stderr). */
+  logBytes: number;
+  durationMs: number | null;
+  createdAt: Date;
+  startedAt: Date | null;
+  finishedAt: Date | null;
+  errorCode: string | null;
+  errorMessage: string | null;
+  batchId: string | null;
+  requestedBy: string;
+  /** Remote job location; set when the command starts. */
+  runner: RunnerState | null;
+  /** Whether the command was started by a caller that waits for it (Execute, Batch). */
+  sync: boolean;
+}
+
+/** One stored piece of the combined output log. */
+export interface OutputChunkRecord {
+  offset: number;
+  stream: OutputStreamName;
+  data: Buffer;
+}
+
+export interface OutputCounters {
+  stdoutBytes: number;
+  stderrBytes: number;
+  logBytes: number;
+  stdoutTruncated: boolean;
+  stderrTruncated: boolean;
+}
+
+export interface HistoryQuery {
+  machineId: string;
+  since: Date | null;
+  limit: number;
+  offset: number;
+  /** Opaque keyset cursor from a previous page; replaces offset. */
+  cursor: string | null;
+  status: CommandStatus | null;
+  exitCode: number | null;
+  requestedBy: string | null;
+}
+
+export interface HistoryPage {
+  items: CommandRecord[];
+  total: number;
+  nextCursor: string | null;
+}
+
+export interface CommandStore {
+  insert(cmd: CommandRecord): Promise<void>;
+  insertMany(cmds: CommandRecord[]): Promise<void>;
+  get(id: string): Promise<CommandRecord | null>;
+  /**
+   * Applies `patch` only while the command's status is one of `from`.
+   * Returns whether it was applied (compare-and-set on status).
+   */
+  transition(id: string, from: readonly CommandStatus[], patch: Partial<CommandRecord>): Promise<boolean>;
+  /**
+   * In one transaction: stores `chunks`, deletes the chunks at `dropOffsets`
+   * (a truncated middle) and sets the counters.
+   */
+  appendOutput(id: string, chunks: OutputChunkRecord[], dropOffsets: number[], counters: OutputCounters): Promise<void>;
+  /** Stored chunks whose range ends after `fromOffset`, in offset order, up to about `maxBytes`. */
+  readOutput(id: string, fromOffset: number, maxBytes: number): Promise<OutputChunkRecord[]>;
+  /** Commands in `queued` or `running`. */
+  listActive(): Promise<CommandRecord[]>;
+  countActiveOnMachine(machineId: string): Promise<number>;
+  history(query: HistoryQuery): Promise<HistoryPage>;
+  listByBatch(batchId: string): Promise<CommandRecord[]>;
+  /**
+   * Retention: deletes terminal commands (and their output) created before
+   * `olderThan`, and beyond the newest `keepPerMachine` of each machine.
+   * Returns how many were deleted.
+   */
+  prune(options: { olderThan: Date | null; keepPerMachine: number | null }): Promise<number>;
+}
+
+export interface MachineListQuery {
+  limit: number;
+  offset: number;
+  labels: Record<string, string> | null;
+}
+
+export interface MachineStore {
+  create(machine: MachineRecord): Promise<void>;
+  get(id: string): Promise<MachineRecord | null>;
+  getMany(ids: string[]): Promise<MachineRecord[]>;
+  list(query: MachineListQuery): Promise<{ items: MachineRecord[]; total: number }>;
+  /** Every machine that carries all of `labels`. */
+  selectByLabels(labels: Record<string, string>): Promise<MachineRecord[]>;
+  update(id: string, patch: Partial<MachineRecord>): Promise<MachineRecord | null>;
+  delete(id: string): Promise<boolean>;
+}
+
+export type BatchStatus = "running" | "completed" | "cancelled";
+
+export interface BatchRecord {
+  id: string;
+  command: string;
+  status: BatchStatus;
+  machineIds: string[];
+  maxConcurrency: number;
+  maxErrors: number;
+  requestedBy: string;
+  createdAt: Date;
+  finishedAt: Date | null;
+}
+
+export interface BatchStore {
+  insert(batch: BatchRecord): Promise<void>;
+  get(id: string): Promise<BatchRecord | null>;
+  update(id: string, patch: Partial<BatchRecord>): Promise<void>;
+}
+
+/** Everything the domain persists. */
+export interface Stores {
+  commands: CommandStore;
+  machines: MachineStore;
+  batches: BatchStore;
+  /** Cheap liveness check for /readyz. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
