@@ -1,0 +1,311 @@
+/**
+ * The shell scripts fleetrun runs on targets. Each travels on the SSH
+ * channel's stdin to a fixed `exec /bin/sh -s`, so neither the command nor
+ * env values ever appear on a command line (`ps` shows `/bin/sh -s`), and
+ * commands of any size work. Every request value is a single-quoted literal
+ * (see shell-quote.ts); only `command` is interpreted, by `eval`.
+ *
+ * Layout of a job on the target, in the login user's home (mode 0700):
+ *
+ *   ~/.fleetrun/jobs/<command id>/
+ *     cmd      the command script, fed to `sh -s` (as the run-as user via sudo)
+ *     sup      the supervisor script
+ *     out err  append-only stdout and stderr of the command
+ *     lock     flock held by the supervisor while it lives
+ *     pgid     process group (= session) id of the command
+ *     status   the command's wait status, written (via rename) once it ended
+ *     timedout, cancelled   markers written before the group is signalled
+ *
+ * The supervisor runs detached in its own session, so the command survives
+ * the SSH connection and the service; a reader re-attaches by streaming
+ * `out`/`err` from byte offsets until the supervisor's lock is released. The
+ * `mkdir` of the job directory is the claim that makes a start idempotent.
+ * Timeouts are enforced on the target by a watchdog, so they hold while the
+ * service is down. Target requirements: POSIX sh, coreutils (tail, sleep,
+ * mv, rm), util-linux (setsid, flock), kill, and sudo for `user`.
+ */
+import { randomBytes } from "node:crypto";
+import { shellQuote as q } from "./shell-quote.ts";
+
+/** The only command line fleetrun ever asks sshd to run. */
+export const SCRIPT_COMMAND_LINE = "exec /bin/sh -s";
+
+export const JOBS_DIR = ".fleetrun/jobs";
+
+export function jobDirFor(commandId: string): string {
+  if (!/^[A-Za-z0-9_]+$/.test(commandId)) throw new Error(`unsafe command id ${JSON.stringify(commandId)}`);
+  return `${JOBS_DIR}/${commandId}`;
+}
+
+/** A fresh marker that prefixes the script's own header lines on stdout. */
+export function newNonce(): string {
+  return "fleetrun-" + randomBytes(12).toString("hex");
+}
+
+export interface StartSpec {
+  nonce: string;
+  /** Relative to the login user's home, from `jobDirFor`. */
+  jobDir: string;
+  command: string;
+  cwd: string | null;
+  env: Record<string, string>;
+  user: string | null;
+  timeoutMs: number;
+  graceMs: number;
+}
+
+function seconds(ms: number): string {
+  return (Math.max(0, ms) / 1000).toFixed(3);
+}
+
+function tenths(ms: number): number {
+  return Math.max(1, Math.ceil(ms / 100));
+}
+
+/** Shell function `k`: kill as the run-as user when there is one. */
+const KILL_FN = `k() { if [ -n "$U" ]; then sudo -n -u "$U" kill "$@"; else kill "$@"; fi; }`;
+
+const HEADER_FN = `hdr() { printf '%s %s\\n' "$N" "$*"; }`;
+
+/**
+ * Streams `out` to stdout and `err` to stderr from 1-based byte positions
+ * A and B until the supervisor's lock is released, then ends. The waiter is
+ * our own child (reaped by us), so `tail --pid` never follows a zombie.
+ */
+const FOLLOW = `flock "$J/lock" true </dev/null >/dev/null 2>&1 &
+W=$!
+tail -s 0.05 -c +"$A" -f --pid="$W" "$J/out" </dev/null 2>/dev/null &
+O=$!
+tail -s 0.05 -c +"$B" -f --pid="$W" "$J/err" </dev/null >&2 2>/dev/null &
+E=$!
+wait "$W"
+wait "$O"
+wait "$E"`;
+
+/**
+ * Runs the command and records its end. Arguments: job dir, run-as user,
+ * timeout (seconds), grace (seconds), grace (tenths of a second).
+ */
+const SUPERVISOR = `J=$1 U=$2 T=$3 G=$4 GT=$5
+${KILL_FN}
+if [ -n "$U" ]; then
+  setsid sudo -n -u "$U" /bin/sh -s <"$J/cmd" >>"$J/out" 2>>"$J/err" 9>&- &
+else
+  setsid /bin/sh -s <"$J/cmd" >>"$J/out" 2>>"$J/err" 9>&- &
+fi
+P=$!
+printf '%s\\n' "$P" >"$J/pgid.tmp" && mv -f "$J/pgid.tmp" "$J/pgid"
+D=
+if [ "$T" != 0.000 ]; then
+  setsid /bin/sh -c '
+J=$1 P=$2 T=$3 G=$4 U=$5
+${KILL_FN}
+sleep "$T"
+[ -e "$J/status" ] && exit 0
+: >"$J/timedout"
+k -s TERM -- "-$P" 2>/dev/null
+sleep "$G"
+[ -d "$J" ] && [ ! -e "$J/status" ] && k -s KILL -- "-$P" 2>/dev/null
+exit 0' fleetrun-watchdog "$J" "$P" "$T" "$G" "$U" </dev/null >/dev/null 2>&1 9>&- &
+  D=$!
+fi
+wait "$P"
+st=$?
+if [ -e "$J/timedout" ] || [ -e "$J/cancelled" ]; then
+  i=0
+  while [ "$i" -lt "$GT" ] && k -0 -- "-$P" 2>/dev/null; do sleep 0.1; i=$((i+1)); done
+  k -s KILL -- "-$P" 2>/dev/null
+elif [ -n "$D" ]; then
+  kill -s TERM -- "-$D" 2>/dev/null
+fi
+printf '%s\\n' "$st" >"$J/status.tmp" && mv -f "$J/status.tmp" "$J/status"
+`;
+
+function commandScript(spec: StartSpec): string {
+  const lines = ["{"];
+  if (spec.cwd !== null) {
+    lines.push(`cd -- ${q(spec.cwd)} || exit 1`);
+  } else if (spec.user !== null) {
+    // sudo keeps the caller's directory; the run-as user starts at home.
+    lines.push(`cd -- "$HOME" 2>/dev/null || cd /`);
+  }
+  for (const [name, value] of Object.entries(spec.env)) {
+    lines.push(`export ${name}=${q(value)}`);
+  }
+  lines.push(`eval ${q(spec.command)}`);
+  lines.push("} </dev/null");
+  return lines.join("\n") + "\n";
+}
+
+/**
+ * Creates the job and streams its output. Header lines on stdout (before any
+ * output): `<nonce> started`, `<nonce> exists` (the job was started before:
+ * re-attach instead) or `<nonce> error <reason>` (nothing started; stderr
+ * says why).
+ */
+export function startScript(spec: StartSpec): string {
+  for (const name of Object.keys(spec.env)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new Error(`unsafe env name ${JSON.stringify(name)}`);
+  }
+  return `{
+umask 077
+N=${q(spec.nonce)}
+J="$HOME"/${q(spec.jobDir)}
+U=${q(spec.user ?? "")}
+C=${q(spec.cwd ?? "")}
+${HEADER_FN}
+if ! mkdir "$J" 2>/dev/null; then
+  if [ -e "$J" ]; then hdr exists; exit 0; fi
+  if ! { mkdir -p "$HOME"/${q(JOBS_DIR)} && mkdir "$J"; }; then hdr error spawn_failed; exit 0; fi
+fi
+fail() { hdr error "$1"; rm -rf "$J"; exit 0; }
+for t in setsid flock tail sleep; do
+  command -v "$t" >/dev/null 2>&1 || { printf 'the target lacks %s (util-linux/coreutils)\\n' "$t" >&2; fail spawn_failed; }
+done
+if [ -n "$U" ]; then
+  e=$(sudo -n -u "$U" /bin/sh -c 'if [ -n "$1" ]; then cd -- "$1" || exit 97; fi' fleetrun-check "$C" 2>&1 </dev/null)
+  r=$?
+  if [ "$r" -eq 97 ]; then fail cwd_not_found; fi
+  if [ "$r" -ne 0 ]; then printf '%s\\n' "$e" >&2; fail run_as_refused; fi
+elif [ -n "$C" ]; then
+  cd -- "$C" 2>/dev/null || fail cwd_not_found
+fi
+printf '%s' ${q(commandScript(spec))} >"$J/cmd"
+printf '%s' ${q(SUPERVISOR)} >"$J/sup"
+: >"$J/out"
+: >"$J/err"
+exec 9>"$J/lock"
+flock -n 9 || fail spawn_failed
+setsid /bin/sh "$J/sup" "$J" "$U" ${q(seconds(spec.timeoutMs))} ${q(seconds(spec.graceMs))} ${tenths(spec.graceMs)} </dev/null >/dev/null 2>&1 &
+exec 9>&-
+hdr started
+A=1 B=1
+${FOLLOW}
+}
+`;
+}
+
+export interface AttachSpec {
+  nonce: string;
+  jobDir: string;
+  /** Bytes of stdout and stderr already received. */
+  stdoutOffset: number;
+  stderrOffset: number;
+}
+
+/**
+ * Streams a running or finished job's output from the given offsets.
+ * Headers: `<nonce> attached` or `<nonce> gone` (no such job).
+ */
+export function attachScript(spec: AttachSpec): string {
+  return `{
+N=${q(spec.nonce)}
+J="$HOME"/${q(spec.jobDir)}
+${HEADER_FN}
+[ -d "$J" ] || { hdr gone; exit 0; }
+hdr attached
+A=${spec.stdoutOffset + 1} B=${spec.stderrOffset + 1}
+${FOLLOW}
+}
+`;
+}
+
+/**
+ * Reads how a job ended and removes it once it has. Header:
+ * `<nonce> status <wait status|running|dead> [timedout] [cancelled]`, or
+ * `<nonce> gone`. `dead` means the supervisor died without recording a status.
+ */
+export function collectScript(nonce: string, jobDir: string): string {
+  return `{
+N=${q(nonce)}
+J="$HOME"/${q(jobDir)}
+${HEADER_FN}
+[ -d "$J" ] || { hdr gone; exit 0; }
+if [ -e "$J/status" ]; then
+  read -r st <"$J/status"
+elif flock -n "$J/lock" true 2>/dev/null; then
+  st=dead
+else
+  st=running
+fi
+m=
+[ -e "$J/timedout" ] && m="$m timedout"
+[ -e "$J/cancelled" ] && m="$m cancelled"
+hdr status "$st$m"
+case "$st" in running) ;; *) rm -rf "$J" ;; esac
+}
+`;
+}
+
+/**
+ * Cancels a job: marks it, sends SIGTERM to its process group and leaves a
+ * detached escalation that sends SIGKILL after the grace period. Headers:
+ * `<nonce> sent`, `<nonce> done` (already ended), `<nonce> gone`.
+ */
+export function cancelScript(nonce: string, jobDir: string, user: string | null, graceMs: number): string {
+  return `{
+N=${q(nonce)}
+J="$HOME"/${q(jobDir)}
+U=${q(user ?? "")}
+${HEADER_FN}
+${KILL_FN}
+[ -d "$J" ] || { hdr gone; exit 0; }
+[ -e "$J/status" ] && { hdr done; exit 0; }
+i=0
+while [ ! -s "$J/pgid" ]; do
+  [ -e "$J/status" ] && { hdr done; exit 0; }
+  [ "$i" -ge 300 ] && { hdr gone; exit 0; }
+  sleep 0.01
+  i=$((i+1))
+done
+read -r P <"$J/pgid"
+: >"$J/cancelled"
+k -s TERM -- "-$P" 2>/dev/null
+hdr sent
+( setsid /bin/sh -c '
+J=$1 P=$2 G=$3 U=$4
+${KILL_FN}
+sleep "$G"
+[ -d "$J" ] && [ ! -e "$J/status" ] && k -s KILL -- "-$P" 2>/dev/null
+exit 0' fleetrun-cancel "$J" "$P" ${q(seconds(graceMs))} "$U" </dev/null >/dev/null 2>&1 & )
+}
+`;
+}
+
+export type Header =
+  | { kind: "started" }
+  | { kind: "exists" }
+  | { kind: "attached" }
+  | { kind: "gone" }
+  | { kind: "sent" }
+  | { kind: "done" }
+  | { kind: "error"; reason: string }
+  | { kind: "status"; status: number | "running" | "dead"; timedOut: boolean; cancelled: boolean };
+
+/** Parses one header line (without the newline); null when it is not ours. */
+export function parseHeader(nonce: string, line: string): Header | null {
+  if (!line.startsWith(nonce + " ")) return null;
+  const words = line.slice(nonce.length + 1).trim().split(/\s+/);
+  const [kind, arg] = words;
+  switch (kind) {
+    case "started":
+    case "exists":
+    case "attached":
+    case "gone":
+    case "sent":
+    case "done":
+      return { kind };
+    case "error":
+      return { kind: "error", reason: arg ?? "spawn_failed" };
+    case "status": {
+      const rest = words.slice(2);
+      let status: number | "running" | "dead";
+      if (arg === "running" || arg === "dead") status = arg;
+      else if (arg !== undefined && /^\d+$/.test(arg)) status = Number(arg);
+      else status = "dead";
+      return { kind: "status", status, timedOut: rest.includes("timedout"), cancelled: rest.includes("cancelled") };
+    }
+    default:
+      return null;
+  }
+}
