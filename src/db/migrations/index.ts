@@ -1,0 +1,16 @@
+/**
+ * The migrations of each driver, listed explicitly so they load from
+ * TypeScript sources without a build step or a file glob. Append new ones;
+ * never rename or edit an applied one.
+ */
+import type { MigrationObject } from "@mikro-orm/core";
+import { InitialSchema as PostgresInitialSchema } from "./postgresql/initial-schema.ts";
+import { InitialSchema as SqliteInitialSchema } from "./sqlite/initial-schema.ts";
+
+export const SQLITE_MIGRATIONS: MigrationObject[] = [
+  { name: "0001_initial_schema", class: SqliteInitialSchema },
+];
+
+export const POSTGRESQL_MIGRATIONS: MigrationObject[] = [
+  { name: "0001_initial_schema", class: PostgresInitialSchema },
+];

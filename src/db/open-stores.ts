@@ -1,0 +1,136 @@
+/**
+ * Opens the database (SQLite file or PostgreSQL), applies the pending
+ * migrations and returns the stores. Nothing here is a module singleton:
+ * every `openStores` owns its ORM instance and `close()` releases it.
+ */
+import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import type { MikroORM } from "@mikro-orm/core";
+import { Migrator } from "@mikro-orm/migrations";
+import type { SqlEntityManager } from "@mikro-orm/sqlite";
+import { InvalidArgumentError } from "../exec/errors.ts";
+import type { Stores } from "../exec/ports.ts";
+import { OrmBatchStore } from "./batch-store.ts";
+import { SqlCommandStore } from "./command-store.ts";
+import type { DbContext, DriverName } from "./db-context.ts";
+import { ENTITIES } from "./entities.ts";
+import { OrmMachineStore } from "./machine-store.ts";
+import { POSTGRESQL_MIGRATIONS, SQLITE_MIGRATIONS } from "./migrations/index.ts";
+
+export interface DbConfig {
+  /** `postgres://…` or `postgresql://…` selects PostgreSQL; unset = SQLite file `<dataDir>/fleetrun.db`. */
+  databaseUrl?: string;
+  dataDir: string;
+  /** For tests: a PostgreSQL schema to use (created if missing). */
+  schema?: string;
+  /** Logs every query the ORM runs. @default false */
+  debug?: boolean;
+}
+
+/** How long a SQLite writer waits for the file lock before failing. */
+const SQLITE_BUSY_TIMEOUT_MS = 5000;
+const MIGRATIONS_TABLE = "fleetrun_migrations";
+
+/** The smallest piece of a Kysely connection the connection hooks use. */
+interface RawConnection {
+  executeQuery(query: { sql: string; parameters: readonly unknown[]; query: unknown }): Promise<unknown>;
+}
+
+function rawQuery(sql: string): { sql: string; parameters: readonly unknown[]; query: unknown } {
+  return { sql, parameters: [], query: { kind: "RawNode", sqlFragments: [sql], parameters: [] } };
+}
+
+export function driverFor(databaseUrl: string | undefined): DriverName {
+  if (databaseUrl === undefined || databaseUrl === "") return "sqlite";
+  if (/^postgres(ql)?:\/\//i.test(databaseUrl)) return "postgresql";
+  throw new InvalidArgumentError(
+    "databaseUrl",
+    "must start with postgres:// or postgresql:// (leave it unset for SQLite)",
+  );
+}
+
+export async function openStores(config: DbConfig): Promise<Stores> {
+  const driver = driverFor(config.databaseUrl);
+  const orm = driver === "sqlite" ? await openSqlite(config) : await openPostgres(config);
+  try {
+    if (driver === "postgresql" && config.schema !== undefined) {
+      await orm.em.fork().getConnection().execute(`create schema if not exists "${config.schema}"`);
+    }
+    await orm.migrator.up();
+  } catch (err) {
+    await orm.close(true);
+    throw err;
+  }
+
+  const ctx: DbContext = {
+    driver,
+    fork: () => orm.em.fork() as SqlEntityManager,
+  };
+  let closed = false;
+  return {
+    commands: new SqlCommandStore(ctx),
+    machines: new OrmMachineStore(ctx),
+    batches: new OrmBatchStore(ctx),
+    async ping() {
+      await ctx.fork().getConnection().execute("select 1");
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await orm.close(true);
+    },
+  };
+}
+
+async function openSqlite(config: DbConfig): Promise<MikroORM> {
+  await mkdir(config.dataDir, { recursive: true });
+  const { MikroORM } = await import("@mikro-orm/sqlite");
+  return MikroORM.init({
+    dbName: join(config.dataDir, "fleetrun.db"),
+    entities: ENTITIES,
+    extensions: [Migrator],
+    debug: config.debug ?? false,
+    migrations: {
+      tableName: MIGRATIONS_TABLE,
+      migrationsList: SQLITE_MIGRATIONS,
+      snapshot: false,
+      snapshotOnMigrate: false,
+      silent: !(config.debug ?? false),
+    },
+    async onCreateConnection(connection: unknown) {
+      const conn = connection as RawConnection;
+      // WAL lets readers run beside the writer; NORMAL is durable across
+      // process crashes under WAL (an OS crash may lose the last commits).
+      await conn.executeQuery(rawQuery("pragma journal_mode = WAL"));
+      await conn.executeQuery(rawQuery(`pragma busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`));
+      await conn.executeQuery(rawQuery("pragma synchronous = NORMAL"));
+    },
+  });
+}
+
+async function openPostgres(config: DbConfig): Promise<MikroORM> {
+  const schema = config.schema;
+  if (schema !== undefined && !/^[a-z_][a-z0-9_]{0,62}$/.test(schema)) {
+    throw new InvalidArgumentError("schema", "must be a lowercase SQL identifier");
+  }
+  const { MikroORM } = await import("@mikro-orm/postgresql");
+  return MikroORM.init({
+    clientUrl: config.databaseUrl,
+    entities: ENTITIES,
+    extensions: [Migrator],
+    debug: config.debug ?? false,
+    pool: { min: 0, max: 10 },
+    migrations: {
+      tableName: MIGRATIONS_TABLE,
+      migrationsList: POSTGRESQL_MIGRATIONS,
+      ...(schema === undefined ? {} : { schema }),
+      snapshot: false,
+      snapshotOnMigrate: false,
+      silent: !(config.debug ?? false),
+    },
+    // Unqualified table names everywhere; the schema comes from search_path,
+    // set as the session default at connection start so that a `reset` (the
+    // migrator issues one) comes back to it.
+    ...(schema === undefined ? {} : { driverOptions: { options: `-c search_path=${schema}` } }),
+  });
+}
