@@ -47,7 +47,20 @@ apt_install() {
 marker=node_modules/.package-lock.json
 if [ ! -d node_modules ] || [ ! -e "$marker" ] || [ package-lock.json -nt "$marker" ]; then
   say "npm ci"
-  npm ci --no-audit --no-fund --loglevel=error
+  mkdir -p .cache
+  if ! npm ci --no-audit --no-fund --loglevel=error >.cache/npm-ci.log 2>&1; then
+    if grep -q 'in sync' .cache/npm-ci.log; then
+      # npm ci refuses a lock file that lacks an optional dependency the registry does
+      # not serve (npm install cannot add it either). npm install --no-save installs
+      # the same locked versions without rewriting package.json or the lock file.
+      say "npm ci: $(grep -m1 'Missing:' .cache/npm-ci.log || echo 'lock file not in sync')"
+      say "falling back to npm install --no-save (same locked versions)"
+      npm install --no-save --no-audit --no-fund --loglevel=error
+    else
+      cat .cache/npm-ci.log >&2
+      die "npm ci failed"
+    fi
+  fi
 fi
 [ -x "$NODE24" ] || die "$NODE24 is missing after npm ci (the 'node' package's preinstall fetches it)"
 
