@@ -1,0 +1,146 @@
+/**
+ * REST error bodies and statuses, mapped in one place.
+ *
+ * Body: `{"error": {"code": "<grpc code, snake_case>", "message": "…", "field": "…"}}`,
+ * `field` only when known. Connect errors carry the field in the
+ * `x-error-field` metadata header set by the service implementations.
+ */
+import { Code, ConnectError } from "@connectrpc/connect";
+import { RestInputError } from "./json-codec.ts";
+
+export interface RestErrorBody {
+  error: { code: string; message: string; field?: string };
+}
+
+export interface RestError {
+  readonly status: number;
+  readonly body: RestErrorBody;
+}
+
+/** Metadata header naming the request field a Connect error is about. */
+export const errorFieldHeader = "x-error-field";
+
+/** gRPC code names, snake_case, as they appear in REST error bodies. */
+export const codeNames: Readonly<Record<Code, string>> = {
+  [Code.Canceled]: "cancelled",
+  [Code.Unknown]: "unknown",
+  [Code.InvalidArgument]: "invalid_argument",
+  [Code.DeadlineExceeded]: "deadline_exceeded",
+  [Code.NotFound]: "not_found",
+  [Code.AlreadyExists]: "already_exists",
+  [Code.PermissionDenied]: "permission_denied",
+  [Code.ResourceExhausted]: "resource_exhausted",
+  [Code.FailedPrecondition]: "failed_precondition",
+  [Code.Aborted]: "aborted",
+  [Code.OutOfRange]: "out_of_range",
+  [Code.Unimplemented]: "unimplemented",
+  [Code.Internal]: "internal",
+  [Code.Unavailable]: "unavailable",
+  [Code.DataLoss]: "data_loss",
+  [Code.Unauthenticated]: "unauthenticated",
+};
+
+/** The HTTP status of each gRPC code (the mapping of google.rpc.Code). */
+export const httpStatusOfCode: Readonly<Record<Code, number>> = {
+  [Code.Canceled]: 499,
+  [Code.Unknown]: 500,
+  [Code.InvalidArgument]: 400,
+  [Code.DeadlineExceeded]: 504,
+  [Code.NotFound]: 404,
+  [Code.AlreadyExists]: 409,
+  [Code.PermissionDenied]: 403,
+  [Code.ResourceExhausted]: 429,
+  [Code.FailedPrecondition]: 409,
+  [Code.Aborted]: 409,
+  [Code.OutOfRange]: 400,
+  [Code.Unimplemented]: 501,
+  [Code.Internal]: 500,
+  [Code.Unavailable]: 503,
+  [Code.DataLoss]: 500,
+  [Code.Unauthenticated]: 401,
+};
+
+/** An HTTP-level failure of the transcoder itself (404, 405, 413, 415, …). */
+export class RestHttpError extends Error {
+  readonly status: number;
+  readonly code: string;
+  readonly field: string | undefined;
+  constructor(status: number, code: string, message: string, field?: string) {
+    super(message);
+    this.name = "RestHttpError";
+    this.status = status;
+    this.code = code;
+    this.field = field;
+  }
+}
+
+export function errorBody(code: string, message: string, field?: string): RestErrorBody {
+  return field === undefined || field === "" ? { error: { code, message } } : { error: { code, message, field } };
+}
+
+/** Maps anything thrown while serving a REST call to a status and body. */
+export function restErrorFrom(err: unknown, bodyLimit?: number): RestError {
+  if (err instanceof RestInputError) {
+    return { status: 400, body: errorBody("invalid_argument", err.message, err.field) };
+  }
+  if (err instanceof RestHttpError) {
+    return { status: err.status, body: errorBody(err.code, err.message, err.field) };
+  }
+  if (err instanceof ConnectError) {
+    const field = err.metadata.get(errorFieldHeader) ?? undefined;
+    return { status: httpStatusOfCode[err.code] ?? 500, body: errorBody(codeNames[err.code] ?? "unknown", err.rawMessage, field) };
+  }
+  const fastifyError = asFastifyError(err);
+  if (fastifyError !== undefined) return fromFastifyError(fastifyError, bodyLimit);
+  return { status: 500, body: errorBody("internal", "internal error") };
+}
+
+interface FastifyLikeError {
+  code: string;
+  statusCode: number;
+  message: string;
+}
+
+function asFastifyError(err: unknown): FastifyLikeError | undefined {
+  if (!(err instanceof Error)) return undefined;
+  const e = err as Error & { code?: unknown; statusCode?: unknown };
+  if (typeof e.statusCode !== "number") return undefined;
+  return { code: typeof e.code === "string" ? e.code : "", statusCode: e.statusCode, message: e.message };
+}
+
+function fromFastifyError(err: FastifyLikeError, bodyLimit: number | undefined): RestError {
+  switch (err.code) {
+    case "FST_ERR_CTP_BODY_TOO_LARGE":
+      return {
+        status: 413,
+        body: errorBody("resource_exhausted", bodyLimit === undefined ? "request body is too large" : `request body is larger than ${bodyLimit} bytes`),
+      };
+    case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
+      return { status: 415, body: errorBody("invalid_argument", "Content-Type must be application/json") };
+    case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
+      return { status: 400, body: errorBody("invalid_argument", "Content-Length does not match the request body") };
+  }
+  const status = err.statusCode;
+  if (status >= 500 || status < 400) return { status: 500, body: errorBody("internal", "internal error") };
+  return { status, body: errorBody(codeOfHttpStatus(status), err.message) };
+}
+
+function codeOfHttpStatus(status: number): string {
+  switch (status) {
+    case 401:
+      return "unauthenticated";
+    case 403:
+      return "permission_denied";
+    case 404:
+      return "not_found";
+    case 408:
+      return "deadline_exceeded";
+    case 409:
+      return "aborted";
+    case 413:
+    case 429:
+      return "resource_exhausted";
+    default:
+      return "invalid_argument";
+  }
+}
