@@ -1,0 +1,319 @@
+/**
+ * Opens one authenticated ssh2 connection to a target: our own TCP socket
+ * with TCP_NODELAY, keepalive, a handshake timeout, handshake pacing, and
+ * host key verification BEFORE authentication.
+ *
+ * A pinned fingerprint belongs to one host key type. When the type is known
+ * the server is restricted to it; when it is not and the key presented does
+ * not match, the connection is retried restricted to each other type the
+ * server offers before deciding it is a mismatch.
+ */
+import net from "node:net";
+import ssh2 from "ssh2";
+import type { Client as Ssh2Client, ConnectConfig, ParsedKey } from "ssh2";
+import { TargetError } from "../exec/errors.ts";
+import type { MachineTarget } from "../exec/ports.ts";
+import type { HandshakePacer } from "./handshake-pacer.ts";
+import {
+  HOST_KEY_TYPES,
+  fingerprintOf,
+  fingerprintsEqual,
+  keyTypeOf,
+  normalizeKeyType,
+  serverHostKeyAlgorithmsFor,
+} from "./host-key.ts";
+import { destination, toTargetError } from "./ssh-error.ts";
+import type { SshErrorContext } from "./ssh-error.ts";
+
+const { Client, utils } = ssh2;
+
+export interface ConnectSettings {
+  readyTimeoutMs: number;
+  keepaliveIntervalMs: number;
+  keepaliveCountMax: number;
+  pacer: HandshakePacer;
+  /** The key type learned earlier for this target's pinned fingerprint, if any. */
+  learnedKeyType: string | null;
+  signal?: AbortSignal;
+}
+
+export interface EstablishedConnection {
+  client: Ssh2Client;
+  socket: net.Socket;
+  hostKeyFingerprint: string;
+  hostKeyType: string;
+  /** Set when the key type was found by trying types (the service may persist it). */
+  learnedKeyType: string | null;
+}
+
+export function errorContext(target: MachineTarget, phase: "connect" | "exec", readyTimeoutMs?: number): SshErrorContext {
+  const ctx: SshErrorContext = {
+    machineId: target.id,
+    host: target.host,
+    port: target.port,
+    username: target.username,
+    phase,
+    secrets: [target.password, target.passphrase, target.privateKey],
+  };
+  if (readyTimeoutMs !== undefined) ctx.readyTimeoutMs = readyTimeoutMs;
+  return ctx;
+}
+
+/**
+ * Parses the target's private key once (bcrypt rounds of encrypted keys are
+ * slow). Returns null when the target has no key; throws `auth_failed` when
+ * the key or its passphrase is unusable, without echoing either.
+ */
+export function parsePrivateKey(target: MachineTarget): ParsedKey | null {
+  if (!target.privateKey) return null;
+  let parsed: ParsedKey | Error;
+  try {
+    const result: ParsedKey | ParsedKey[] | Error = utils.parseKey(target.privateKey, target.passphrase ?? undefined);
+    parsed = Array.isArray(result) ? (result[0] ?? new Error("empty")) : result;
+  } catch {
+    parsed = new Error("unparsable");
+  }
+  if (parsed instanceof Error) {
+    const hint = target.passphrase ? "wrong passphrase or unsupported format" : "encrypted without a passphrase, or unsupported format";
+    throw new TargetError(
+      "auth_failed",
+      `private key for ${JSON.stringify(target.username)} at ${destination(target.host, target.port)} cannot be used (${hint})`,
+      target.id,
+    );
+  }
+  return parsed;
+}
+
+interface AttemptOptions {
+  /** Restrict the server to this key type; null: offer every type. */
+  keyType: string | null;
+  /** Fingerprint the presented key must have; null: accept any key. */
+  expected: string | null;
+  /** Record the server's list of host key formats (only when learning). */
+  captureRemoteTypes: boolean;
+}
+
+class HostKeyRejected extends Error {
+  readonly fingerprint: string;
+  readonly keyType: string;
+  /** The server's host key formats, when they were captured. */
+  readonly remoteKeyTypes: string[] | null;
+  constructor(fingerprint: string, keyType: string, remoteKeyTypes: string[] | null) {
+    super("host key rejected");
+    this.fingerprint = fingerprint;
+    this.keyType = keyType;
+    this.remoteKeyTypes = remoteKeyTypes;
+  }
+}
+
+class AttemptFailed extends Error {
+  readonly remoteKeyTypes: string[] | null;
+  readonly inner: unknown;
+  constructor(inner: unknown, remoteKeyTypes: string[] | null) {
+    super("attempt failed");
+    this.inner = inner;
+    this.remoteKeyTypes = remoteKeyTypes;
+  }
+}
+
+function attempt(
+  target: MachineTarget,
+  key: ParsedKey | null,
+  settings: ConnectSettings,
+  opts: AttemptOptions,
+): Promise<EstablishedConnection> {
+  const dest = destination(target.host, target.port);
+  return settings.pacer.acquire(dest, settings.signal).then(
+    (release) =>
+      new Promise<EstablishedConnection>((resolve, reject) => {
+        let settled = false;
+        let presented: { fingerprint: string; keyType: string } | null = null;
+        let rejectedKey = false;
+        let remoteKeyTypes: string[] | null = null;
+
+        const socket = net.connect({ host: target.host, port: target.port });
+        // ssh2 leaves Nagle on: each exec would wait for a delayed ACK (~40 ms).
+        socket.setNoDelay(true);
+        socket.on("error", () => {
+          // ssh2 reports socket errors through the client's 'error' event.
+        });
+        const client = new Client();
+
+        const fail = (err: unknown): void => {
+          if (settled) return;
+          settled = true;
+          release();
+          cleanup();
+          socket.destroy();
+          client.end();
+          if (rejectedKey && presented) {
+            reject(new HostKeyRejected(presented.fingerprint, presented.keyType, remoteKeyTypes));
+          } else {
+            reject(new AttemptFailed(err, remoteKeyTypes));
+          }
+        };
+        const onError = (err: Error): void => fail(err);
+        const onClose = (): void => fail(new Error("No response from server"));
+        const onAbort = (): void => fail(settings.signal?.reason ?? new Error("aborted"));
+        const onReady = (): void => {
+          if (settled) return;
+          settled = true;
+          release();
+          cleanup();
+          if (!presented) {
+            client.end();
+            reject(new AttemptFailed(new Error("no host key seen"), remoteKeyTypes));
+            return;
+          }
+          resolve({
+            client,
+            socket,
+            hostKeyFingerprint: presented.fingerprint,
+            hostKeyType: presented.keyType,
+            learnedKeyType: null,
+          });
+        };
+        const cleanup = (): void => {
+          client.removeListener("ready", onReady);
+          client.removeListener("close", onClose);
+          settings.signal?.removeEventListener("abort", onAbort);
+        };
+
+        // A permanent listener: an unhandled 'error' would crash the process.
+        client.on("error", onError);
+        client.once("ready", onReady);
+        client.once("close", onClose);
+        settings.signal?.addEventListener("abort", onAbort, { once: true });
+        if (target.password) {
+          const password = target.password;
+          client.on("keyboard-interactive", (_name, _instructions, _lang, prompts, finish) => {
+            finish(prompts.map(() => password));
+          });
+        }
+
+        const config: ConnectConfig = {
+          sock: socket,
+          username: target.username,
+          readyTimeout: settings.readyTimeoutMs,
+          keepaliveInterval: settings.keepaliveIntervalMs,
+          keepaliveCountMax: settings.keepaliveCountMax,
+          tryKeyboard: Boolean(target.password),
+          // Runs during key exchange, before any authentication request.
+          hostVerifier: (blob: Buffer): boolean => {
+            const fingerprint = fingerprintOf(blob);
+            const keyType = keyTypeOf(blob) ?? "unknown";
+            presented = { fingerprint, keyType };
+            if (opts.expected !== null && !fingerprintsEqual(fingerprint, opts.expected)) {
+              rejectedKey = true;
+              return false;
+            }
+            return true;
+          },
+        };
+        if (key) config.privateKey = key as unknown as string;
+        if (target.password) config.password = target.password;
+        if (opts.keyType) config.algorithms = { serverHostKey: serverHostKeyAlgorithmsFor(opts.keyType) as never };
+        if (opts.captureRemoteTypes) {
+          const prefix = "Handshake: (remote) Host key format: ";
+          config.debug = (msg: string): void => {
+            if (remoteKeyTypes === null && msg.startsWith(prefix)) {
+              remoteKeyTypes = msg.slice(prefix.length).split(",").filter(Boolean);
+            }
+          };
+        }
+        try {
+          client.connect(config);
+        } catch (err) {
+          fail(err);
+        }
+      }),
+  );
+}
+
+/** Connects, authenticates and verifies the host key; rejects with a `TargetError`. */
+export async function connectSsh(
+  target: MachineTarget,
+  key: ParsedKey | null,
+  settings: ConnectSettings,
+): Promise<EstablishedConnection> {
+  const ctx = errorContext(target, "connect", settings.readyTimeoutMs);
+  const dest = destination(target.host, target.port);
+  const pinned = target.hostKeyFingerprint?.trim() || null;
+  const mapFailure = (err: unknown): TargetError =>
+    toTargetError(err instanceof AttemptFailed ? err.inner : err, ctx);
+  const mismatch = (seen: { fingerprint: string; keyType: string }, detail: string): TargetError =>
+    new TargetError(
+      "host_key_mismatch",
+      `host key of ${dest} does not match the pinned fingerprint ${pinned}: ` +
+        `the server presented ${seen.keyType} ${seen.fingerprint}${detail}`,
+      target.id,
+    );
+
+  // No pin: accept whatever the server presents; the service decides policy.
+  if (pinned === null) {
+    try {
+      return await attempt(target, key, settings, { keyType: null, expected: null, captureRemoteTypes: false });
+    } catch (err) {
+      throw mapFailure(err);
+    }
+  }
+
+  // Pin with a known key type: restrict the server to it, one attempt.
+  const declaredType = target.hostKeyAlgorithm ? normalizeKeyType(target.hostKeyAlgorithm) : null;
+  const knownType = declaredType ?? settings.learnedKeyType;
+  if (knownType !== null) {
+    try {
+      return await attempt(target, key, settings, { keyType: knownType, expected: pinned, captureRemoteTypes: false });
+    } catch (err) {
+      if (err instanceof HostKeyRejected) {
+        if (declaredType !== null) throw mismatch(err, ` (pinned type ${declaredType})`);
+        // A remembered type that no longer matches: learn again below.
+      } else if (declaredType !== null || !(err instanceof AttemptFailed) || !isHandshakeFailure(err.inner)) {
+        throw mapFailure(err);
+      }
+    }
+  }
+
+  // Pin without a type: take the server's preferred key first, then each
+  // other type it offers, before calling it a mismatch.
+  let first: HostKeyRejected;
+  try {
+    const conn = await attempt(target, key, settings, { keyType: null, expected: pinned, captureRemoteTypes: true });
+    conn.learnedKeyType = conn.hostKeyType;
+    return conn;
+  } catch (err) {
+    if (!(err instanceof HostKeyRejected)) throw mapFailure(err);
+    first = err;
+  }
+  // ssh2 logs the server's host key formats before the verifier runs.
+  const remoteTypes = first.remoteKeyTypes;
+  const offered = remoteTypes
+    ? unique(remoteTypes.map((t) => normalizeKeyType(t)).filter((t): t is string => t !== null))
+    : [...HOST_KEY_TYPES];
+  const candidates = offered.filter((t) => t !== first.keyType && HOST_KEY_TYPES.includes(t));
+  const tried = [first.keyType];
+  for (const keyType of candidates) {
+    try {
+      const conn = await attempt(target, key, settings, { keyType, expected: pinned, captureRemoteTypes: false });
+      conn.learnedKeyType = conn.hostKeyType;
+      return conn;
+    } catch (err) {
+      if (err instanceof HostKeyRejected) {
+        tried.push(err.keyType);
+        continue;
+      }
+      // The server has no key of this type: the key exchange finds no match.
+      if (err instanceof AttemptFailed && isHandshakeFailure(err.inner)) continue;
+      throw mapFailure(err);
+    }
+  }
+  throw mismatch(first, tried.length > 1 ? ` (also tried ${tried.slice(1).join(", ")})` : "");
+}
+
+function isHandshakeFailure(err: unknown): boolean {
+  return err instanceof Error && (err as { level?: string }).level === "handshake";
+}
+
+function unique<T>(xs: T[]): T[] {
+  return [...new Set(xs)];
+}
