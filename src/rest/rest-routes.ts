@@ -76,7 +76,7 @@ type AnyClient = Record<string, (input: Message, options: object) => unknown>;
 /**
  * Registers one route per `google.api.http` binding, 405 routes for the
  * other methods on those paths and, under the bindings' common first path
- * segment (`/v1`), a 404 handler; all answer with the REST error envelope.
+ * segment (`/v1/*`), a catch-all 404 route; all answer with the REST error envelope.
  * The routes live in their own encapsulated plugin (own body parser and error
  * handler), so they do not affect other routes of `app`.
  */
@@ -98,9 +98,16 @@ export function registerRestRoutes(app: FastifyInstance, opts: RestOptions): voi
 
       scope.setErrorHandler((err, request, reply) => sendError(request, reply, err, bodyLimit));
       if (prefix !== "") {
-        scope.setNotFoundHandler((request, reply) => {
-          const path = request.url.split("?")[0] ?? "";
-          void sendError(request, reply, new RestHttpError(404, "not_found", `no route for ${request.method} ${path}`), bodyLimit);
+        // A catch-all route rather than a not-found handler: it gets the redacting
+        // log serializers and leaves the app's own 404 handler alone.
+        scope.route({
+          method: [...HTTP_METHODS],
+          url: "/*",
+          exposeHeadRoute: false,
+          handler: (request, reply) => {
+            const path = request.url.split("?")[0] ?? "";
+            return sendError(request, reply, new RestHttpError(404, "not_found", `no route for ${request.method} ${path}`), bodyLimit);
+          },
         });
       }
 
