@@ -18,6 +18,10 @@ export class EpochMillisType extends Type<Date | null, number | null> {
     return new Date(Number(value));
   }
 
+  override get runtimeType(): string {
+    return "Date";
+  }
+
   override compareAsType(): string {
     return "number";
   }
