@@ -243,7 +243,20 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortSer
         h2.close();
       });
     }
-    originalClose(callback);
+    originalClose((err?: Error) => {
+      // The listener's callback can run before the last sockets emit
+      // "close"; report closed only once they all have.
+      if (sockets.size === 0) {
+        callback?.(err);
+        return;
+      }
+      let left = sockets.size;
+      for (const socket of sockets) {
+        socket.once("close", () => {
+          if (--left === 0) callback?.(err);
+        });
+      }
+    });
     return server;
   } as OnePortServer["close"];
 
