@@ -71,8 +71,11 @@ const HEADER_FN = `hdr() { printf '%s %s\\n' "$N" "$*"; }`;
  * Streams `out` to stdout and `err` to stderr from 1-based byte positions
  * A and B until the supervisor's lock is released, then ends. The waiter is
  * our own child (reaped by us), so `tail --pid` never follows a zombie.
+ * A line with the nonce on stderr marks where the command's stderr begins
+ * (anything before it is login noise).
  */
-const FOLLOW = `flock "$J/lock" true </dev/null >/dev/null 2>&1 &
+const FOLLOW = `printf '%s\\n' "$N" >&2
+flock "$J/lock" true </dev/null >/dev/null 2>&1 &
 W=$!
 tail -s 0.05 -c +"$A" -f --pid="$W" "$J/out" </dev/null 2>/dev/null &
 O=$!

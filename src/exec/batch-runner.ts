@@ -1,0 +1,236 @@
+/**
+ * One command on many machines: every per-machine run is an ordinary command
+ * (history, follow, cancel) sharing a batch id. `maxConcurrency` bounds how
+ * many run at once; once more than `maxErrors` failed, nothing new is
+ * launched and the rest are recorded as `skipped`.
+ */
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "./errors.ts";
+import type { CommandEngine } from "./command-engine.ts";
+import { newId } from "./ids.ts";
+import { isTerminal, type BatchRecord, type CommandRecord, type MachineRecord, type Stores } from "./ports.ts";
+import { parseLimit, type ValidExecute } from "./validate.ts";
+
+export interface BatchInput {
+  machineIds: string[];
+  selector: Record<string, string> | null;
+  command: string;
+  cwd: string | null;
+  env: Record<string, string>;
+  timeoutMs: number | null;
+  user: string | null;
+  maxConcurrency: unknown;
+  maxErrors: unknown;
+}
+
+export interface BatchConfig {
+  /** Default of max_concurrency. */
+  defaultConcurrency: number;
+  /** Upper bound of machines in one batch. */
+  maxMachines: number;
+}
+
+export interface BatchSummary {
+  batchId: string;
+  succeeded: number;
+  failed: number;
+  skipped: number;
+}
+
+interface Prepared {
+  batch: BatchRecord;
+  machines: MachineRecord[];
+  records: CommandRecord[];
+  env: Record<string, string>;
+}
+
+interface ActiveBatch {
+  cancelled: boolean;
+  cancel(): Promise<void>;
+}
+
+/** Whether a finished command counts as a success of its batch. */
+export function succeeded(c: CommandRecord): boolean {
+  return c.status === "completed" && c.exitCode === 0;
+}
+
+export function summarize(batchId: string, commands: CommandRecord[]): BatchSummary {
+  let ok = 0;
+  let failed = 0;
+  let skipped = 0;
+  for (const c of commands) {
+    if (!isTerminal(c.status)) continue;
+    if (c.status === "skipped") skipped++;
+    else if (succeeded(c)) ok++;
+    else failed++;
+  }
+  return { batchId, succeeded: ok, failed, skipped };
+}
+
+export class BatchRunner {
+  private readonly active = new Map<string, ActiveBatch>();
+
+  constructor(
+    private readonly engine: CommandEngine,
+    private readonly stores: Stores,
+    private readonly config: BatchConfig,
+  ) {}
+
+  /** Validates, resolves machines and stores the batch and its queued commands. Nothing runs yet. */
+  async prepare(input: BatchInput, requestedBy: string, sync: boolean): Promise<Prepared> {
+    const opts: ValidExecute = this.engine.validate(input);
+    let machines: MachineRecord[];
+    if (input.machineIds.length > 0 && input.selector) {
+      throw new InvalidArgumentError("selector", "give either machine_ids or selector, not both");
+    }
+    if (input.machineIds.length > 0) {
+      const ids = [...new Set(input.machineIds)];
+      for (const id of ids) if (id === "") throw new InvalidArgumentError("machine_ids", "must not contain empty ids");
+      const found = new Map<string, MachineRecord>();
+      for (const id of ids) {
+        try {
+          found.set(id, await this.engine.resolveMachine(id));
+        } catch (e) {
+          if (!(e instanceof NotFoundError)) throw e;
+        }
+      }
+      const missing = ids.filter((id) => !found.has(id));
+      if (missing.length > 0) {
+        const e = new NotFoundError("machine", missing.join(", "), "machine_ids");
+        throw Object.assign(e, { message: `unknown machine id(s): ${missing.join(", ")}` });
+      }
+      machines = ids.map((id) => found.get(id)!);
+    } else if (input.selector && Object.keys(input.selector).length > 0) {
+      machines = await this.stores.machines.selectByLabels(input.selector);
+      if (machines.length === 0) throw new InvalidArgumentError("selector", "matches no machine");
+    } else {
+      throw new InvalidArgumentError("machine_ids", "give machine_ids or selector.labels");
+    }
+    if (machines.length > this.config.maxMachines) {
+      throw new InvalidArgumentError("machine_ids", `at most ${this.config.maxMachines} machines per batch`);
+    }
+    const total = machines.length;
+    const maxConcurrency = Math.max(1, parseLimit("max_concurrency", input.maxConcurrency, total, this.config.defaultConcurrency));
+    const maxErrors =
+      input.maxErrors === null || input.maxErrors === undefined || input.maxErrors === ""
+        ? total
+        : parseLimit("max_errors", input.maxErrors, total, total);
+    const batch: BatchRecord = {
+      id: newId("batch"),
+      command: opts.command,
+      status: "running",
+      machineIds: machines.map((m) => m.id),
+      maxConcurrency,
+      maxErrors,
+      requestedBy,
+      createdAt: new Date(),
+      finishedAt: null,
+    };
+    const records = machines.map((m) => this.engine.newRecord(m.id, opts, requestedBy, sync, batch.id));
+    await this.stores.batches.insert(batch);
+    await this.stores.commands.insertMany(records);
+    return { batch, machines, records, env: opts.env };
+  }
+
+  /**
+   * Runs a prepared batch to its end; `onResult` sees each command as it
+   * ends. Aborting `signal` cancels the batch.
+   */
+  async run(p: Prepared, onResult?: (c: CommandRecord) => void, signal?: AbortSignal): Promise<BatchSummary> {
+    const { batch } = p;
+    const results = new Map<string, CommandRecord>();
+    const running = new Map<string, Promise<CommandRecord>>();
+    let next = 0;
+    let failures = 0;
+    let stopReason: string | null = null;
+    const state: ActiveBatch = {
+      cancelled: false,
+      cancel: async () => {
+        state.cancelled = true;
+        stopReason = stopReason ?? "batch_cancelled";
+        await Promise.all([...running.keys()].map((id) => this.engine.cancel(id).catch(() => {})));
+        wake();
+      },
+    };
+    this.active.set(batch.id, state);
+    let wake: () => void = () => {};
+    const onAbort = () => {
+      state.cancel().catch(() => {});
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      while (next < p.records.length || running.size > 0) {
+        while (stopReason === null && running.size < batch.maxConcurrency && next < p.records.length) {
+          const record = p.records[next]!;
+          const machine = p.machines[next]!;
+          next++;
+          const r = this.engine.launch(record, machine, p.env, record.sync);
+          running.set(
+            record.id,
+            r.finished.then((done) => {
+              running.delete(record.id);
+              results.set(record.id, done);
+              if (!succeeded(done)) failures++;
+              if (failures > batch.maxErrors && stopReason === null) stopReason = "error_budget_exhausted";
+              onResult?.(done);
+              wake();
+              return done;
+            }),
+          );
+        }
+        if (stopReason !== null && next < p.records.length) {
+          for (; next < p.records.length; next++) {
+            const skipped = await this.skip(p.records[next]!, stopReason);
+            results.set(skipped.id, skipped);
+            onResult?.(skipped);
+          }
+        }
+        if (running.size === 0) break;
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+        });
+      }
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+      this.active.delete(batch.id);
+    }
+    await this.stores.batches.update(batch.id, {
+      status: state.cancelled ? "cancelled" : "completed",
+      finishedAt: new Date(),
+    });
+    return summarize(batch.id, [...results.values()]);
+  }
+
+  private async skip(record: CommandRecord, reason: string): Promise<CommandRecord> {
+    const message =
+      reason === "error_budget_exhausted"
+        ? "not launched: the batch's max_errors was exceeded"
+        : "not launched: the batch was cancelled";
+    const patch = { status: "skipped" as const, finishedAt: new Date(), errorCode: reason, errorMessage: message };
+    await this.stores.commands.transition(record.id, ["queued"], patch);
+    return (await this.stores.commands.get(record.id)) ?? { ...record, ...patch };
+  }
+
+  /** Cancels a running batch: running commands are cancelled, the rest skipped. */
+  async cancel(batchId: string): Promise<void> {
+    const batch = await this.stores.batches.get(batchId);
+    if (!batch) throw new NotFoundError("batch", batchId, "id");
+    const active = this.active.get(batchId);
+    if (active) {
+      await active.cancel();
+      return;
+    }
+    if (batch.status !== "running") throw new FailedPreconditionError(`batch ${batchId} already ended (${batch.status})`);
+    // Not driven by this process (e.g. after a restart): settle what is left.
+    for (const c of await this.stores.commands.listByBatch(batchId)) {
+      if (c.status === "queued") await this.skip(c, "batch_cancelled");
+      else if (c.status === "running") await this.engine.cancel(c.id).catch(() => {});
+    }
+    await this.stores.batches.update(batchId, { status: "cancelled", finishedAt: new Date() });
+  }
+
+  async get(batchId: string): Promise<{ batch: BatchRecord; commands: CommandRecord[] }> {
+    const batch = await this.stores.batches.get(batchId);
+    if (!batch) throw new NotFoundError("batch", batchId, "id");
+    return { batch, commands: await this.stores.commands.listByBatch(batchId) };
+  }
+}

@@ -1,0 +1,615 @@
+/**
+ * The command lifecycle: accept, persist, run on the target, stream and
+ * store output, cancel, time out, re-attach after a lost connection or a
+ * restart, and record exactly one terminal state.
+ *
+ *   queued ──> running ──> completed | timed_out | cancelled | lost
+ *     │           └──────> failed (nothing started on the target)
+ *     └──> cancelled | skipped | failed
+ */
+import { setTimeout as sleep } from "node:timers/promises";
+import { FailedPreconditionError, NotFoundError, TargetError, UnavailableError } from "./errors.ts";
+import { newId } from "./ids.ts";
+import { OutputBus } from "./output-bus.ts";
+import { OutputLog } from "./output-log.ts";
+import {
+  isTerminal,
+  type CommandRecord,
+  type CommandStatus,
+  type MachineRecord,
+  type MachineTarget,
+  type OutputChunkRecord,
+  type OutputStreamName,
+  type Stores,
+  type Transport,
+} from "./ports.ts";
+import { attachJob, cancelJob, runJob, type JobEnd } from "./remote-job.ts";
+import { jobDirFor } from "./remote-script.ts";
+import { signalName } from "./signals.ts";
+import { validateExecOptions, type ExecLimits, type ExecuteInput, type ValidExecute } from "./validate.ts";
+
+export interface EngineConfig extends ExecLimits {
+  /** SIGTERM → SIGKILL delay for cancel and timeout. */
+  graceMs: number;
+  /** Stored output per stream (head and tail kept). */
+  outputCapPerStream: number;
+  /** How long a caller-attached command keeps trying to re-attach after its connection dropped. */
+  syncReattachWindowMs: number;
+  /** Extra time, past a command's timeout, that re-attach attempts go on for a detached command. */
+  detachedReattachSlackMs: number;
+}
+
+/** Receives lifecycle events, for metrics and logs. */
+export interface EngineObserver {
+  commandStarted?(cmd: CommandRecord): void;
+  commandEnded?(cmd: CommandRecord): void;
+  warn?(message: string, fields: Record<string, unknown>): void;
+}
+
+export interface EngineDeps {
+  stores: Stores;
+  ssh: Transport;
+  local: Transport;
+  /** The built-in machine, when enabled. */
+  localMachine: MachineRecord | null;
+  config: EngineConfig;
+  observer?: EngineObserver;
+}
+
+export type WatchEvent =
+  | { kind: "output"; stream: OutputStreamName; offset: number; data: Buffer }
+  | { kind: "skipped"; offset: number; bytes: number }
+  | { kind: "end"; command: CommandView };
+
+/** A command with its stored output. */
+export interface CommandView extends CommandRecord {
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+interface Run {
+  record: CommandRecord;
+  target: MachineTarget;
+  sync: boolean;
+  /** Set once the job exists on the target. */
+  remoteStarted: boolean;
+  cancelRequested: boolean;
+  cancelSent: Promise<void> | null;
+  /** Resolves with the terminal record. */
+  finished: Promise<CommandRecord>;
+  abort: AbortController;
+  log: OutputLog | null;
+}
+
+const ACTIVE: CommandStatus[] = ["queued", "running"];
+
+export class CommandEngine {
+  private readonly runs = new Map<string, Run>();
+  readonly bus = new OutputBus();
+  private accepting = true;
+
+  constructor(private readonly deps: EngineDeps) {}
+
+  get config(): EngineConfig {
+    return this.deps.config;
+  }
+
+  /** Commands this process is running (for metrics and shutdown). */
+  get activeRuns(): number {
+    return this.runs.size;
+  }
+
+  async resolveMachine(machineId: string, field = "machine_id"): Promise<MachineRecord> {
+    const local = this.deps.localMachine;
+    if (local && machineId === local.id) return local;
+    const m = await this.deps.stores.machines.get(machineId);
+    if (!m) throw new NotFoundError("machine", machineId, field);
+    return m;
+  }
+
+  private targetOf(m: MachineRecord): MachineTarget {
+    return {
+      id: m.id,
+      host: m.host,
+      port: m.port,
+      username: m.username,
+      privateKey: m.privateKey,
+      passphrase: m.passphrase,
+      password: m.password,
+      hostKeyFingerprint: m.hostKeyFingerprint,
+      hostKeyAlgorithm: m.hostKeyAlgorithm,
+      local: this.deps.localMachine !== null && m.id === this.deps.localMachine.id,
+    };
+  }
+
+  private transportFor(target: MachineTarget): Transport {
+    return target.local ? this.deps.local : this.deps.ssh;
+  }
+
+  validate(input: Omit<ExecuteInput, "machineId">, prefix = ""): ValidExecute {
+    return validateExecOptions(input, this.deps.config, prefix);
+  }
+
+  /** A new command record in `queued`, not stored yet. */
+  newRecord(machineId: string, opts: ValidExecute, requestedBy: string, sync: boolean, batchId: string | null = null): CommandRecord {
+    return {
+      id: newId("cmd"),
+      machineId,
+      command: opts.command,
+      cwd: opts.cwd,
+      envKeys: Object.keys(opts.env).sort(),
+      user: opts.user,
+      timeoutMs: opts.timeoutMs,
+      status: "queued",
+      exitCode: null,
+      signal: null,
+      stdoutBytes: 0,
+      stderrBytes: 0,
+      stdoutTruncated: false,
+      stderrTruncated: false,
+      logBytes: 0,
+      durationMs: null,
+      createdAt: new Date(),
+      startedAt: null,
+      finishedAt: null,
+      errorCode: null,
+      errorMessage: null,
+      batchId,
+      requestedBy,
+      runner: null,
+      sync,
+    };
+  }
+
+  private assertAccepting(): void {
+    if (!this.accepting) throw new UnavailableError("the service is shutting down");
+  }
+
+  /**
+   * Runs a command and resolves with its terminal state. Aborting `signal`
+   * (the caller hung up, or its deadline passed) cancels the command.
+   */
+  async execute(input: ExecuteInput, requestedBy: string, signal?: AbortSignal): Promise<CommandView> {
+    this.assertAccepting();
+    const opts = this.validate(input);
+    const machine = await this.resolveMachine(input.machineId);
+    const record = this.newRecord(machine.id, opts, requestedBy, true);
+    await this.deps.stores.commands.insert(record);
+    const run = this.launch(record, machine, opts.env, true);
+    const onAbort = () => {
+      this.requestCancel(run).catch(() => {});
+    };
+    if (signal) {
+      if (signal.aborted) onAbort();
+      else signal.addEventListener("abort", onAbort, { once: true });
+    }
+    try {
+      const done = await run.finished;
+      return await this.view(done);
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  /** Starts a command and resolves once it is stored (queued or running). */
+  async start(input: ExecuteInput, requestedBy: string): Promise<CommandRecord> {
+    this.assertAccepting();
+    const opts = this.validate(input);
+    const machine = await this.resolveMachine(input.machineId);
+    const record = this.newRecord(machine.id, opts, requestedBy, false);
+    await this.deps.stores.commands.insert(record);
+    const run = this.launch(record, machine, opts.env, false);
+    run.finished.catch(() => {});
+    return { ...run.record };
+  }
+
+  /**
+   * Runs an already stored `queued` record in the background. The returned
+   * run's `finished` resolves with the terminal record (it never rejects).
+   */
+  launch(record: CommandRecord, machine: MachineRecord, env: Record<string, string>, sync: boolean): Run {
+    const target = this.targetOf(machine);
+    const run: Run = {
+      record,
+      target,
+      sync,
+      remoteStarted: false,
+      cancelRequested: false,
+      cancelSent: null,
+      finished: Promise.resolve(record),
+      abort: new AbortController(),
+      log: null,
+    };
+    this.runs.set(record.id, run);
+    run.finished = this.drive(run, env)
+      .catch(async (err: unknown) => {
+        this.deps.observer?.warn?.("command engine error", { command_id: record.id, error: String(err) });
+        return this.finish(run, "lost", { errorCode: "internal", errorMessage: "internal error while running the command" });
+      })
+      .finally(() => {
+        this.runs.delete(record.id);
+        this.bus.forget(record.id);
+      });
+    return run;
+  }
+
+  private async drive(run: Run, env: Record<string, string>): Promise<CommandRecord> {
+    const { record } = run;
+    const commands = this.deps.stores.commands;
+    if (run.cancelRequested) return this.finish(run, "cancelled", {}, ["queued"]);
+    const startedAt = new Date();
+    const jobDir = jobDirFor(record.id);
+    const ok = await commands.transition(record.id, ["queued"], {
+      status: "running",
+      startedAt,
+      runner: { jobDir, user: record.user },
+    });
+    if (!ok) {
+      const now = await commands.get(record.id);
+      return now ?? record;
+    }
+    Object.assign(run.record, { status: "running", startedAt, runner: { jobDir, user: record.user } });
+    this.deps.observer?.commandStarted?.(run.record);
+    const log = OutputLog.fresh(commands, record.id, this.logOptions(record.id));
+    run.log = log;
+    const transport = this.transportFor(run.target);
+    let end: JobEnd;
+    try {
+      end = await runJob(
+        transport,
+        run.target,
+        {
+          jobDir,
+          command: record.command,
+          cwd: record.cwd,
+          env,
+          user: record.user,
+          timeoutMs: record.timeoutMs,
+          graceMs: this.deps.config.graceMs,
+        },
+        (stream, data) => log.append(stream, data),
+        () => this.onRemoteStarted(run),
+      );
+    } catch (err) {
+      end = toNotStarted(err);
+    }
+    if (end.kind === "exists") {
+      this.onRemoteStarted(run);
+      end = await this.follow(run, { kind: "disconnected", error: new TargetError("connection_lost", "job already existed", record.id) });
+    } else if (end.kind === "disconnected") {
+      end = await this.follow(run, end);
+    }
+    return this.conclude(run, end);
+  }
+
+  /** Options of the output log of command `id`. */
+  private logOptions(id: string) {
+    return {
+      capPerStream: this.deps.config.outputCapPerStream,
+      onStored: () => this.bus.notify(id),
+    };
+  }
+
+  private onRemoteStarted(run: Run): void {
+    if (run.remoteStarted) return;
+    run.remoteStarted = true;
+    if (run.cancelRequested) this.sendCancel(run).catch(() => {});
+  }
+
+  /**
+   * Re-attaches after the connection dropped, retrying with backoff while the
+   * command could still be running; gives up as `disconnected`.
+   */
+  private async follow(run: Run, last: JobEnd & { kind: "disconnected" }): Promise<JobEnd> {
+    const { record } = run;
+    const started = record.startedAt?.getTime() ?? Date.now();
+    const deadline = run.sync
+      ? Date.now() + this.deps.config.syncReattachWindowMs
+      : started + record.timeoutMs + this.deps.config.graceMs + this.deps.config.detachedReattachSlackMs;
+    let delay = 250;
+    let end: JobEnd = last;
+    const transport = this.transportFor(run.target);
+    while (end.kind === "disconnected") {
+      if (!this.accepting && !run.sync) return end;
+      if (Date.now() >= deadline) return end;
+      if (end.error.reason !== "connection_lost" || delay > 250) {
+        await sleep(Math.min(delay, Math.max(0, deadline - Date.now())));
+      }
+      delay = Math.min(delay * 2, 15_000);
+      if (!this.accepting && !run.sync) return end;
+      const log = run.log!;
+      try {
+        await log.flush();
+        end = await attachJob(transport, run.target, record.runner!.jobDir, log.received, (s, d) => log.append(s, d));
+      } catch (err) {
+        end = { kind: "disconnected", error: err instanceof TargetError ? err : new TargetError("connection_lost", String(err), record.machineId) };
+      }
+    }
+    return end;
+  }
+
+  private async conclude(run: Run, end: JobEnd): Promise<CommandRecord> {
+    if (run.log) {
+      await run.log.flush();
+      run.log.close();
+    }
+    switch (end.kind) {
+      case "ended": {
+        const ws = end.waitStatus;
+        const bySignal = ws > 128 && ws < 160 ? signalName(ws - 128) : null;
+        if (end.timedOut || end.cancelled) {
+          return this.finish(run, end.timedOut ? "timed_out" : "cancelled", {
+            exitCode: bySignal ? null : ws,
+            signal: bySignal,
+          });
+        }
+        return this.finish(run, "completed", { exitCode: ws, signal: null });
+      }
+      case "not_started":
+        return this.finish(run, "failed", { errorCode: end.reason, errorMessage: end.message || end.reason, startedAt: null });
+      case "gone":
+        return this.finish(run, "lost", { errorCode: "remote_state_lost", errorMessage: "the job's state on the target is gone" });
+      case "dead":
+        return this.finish(run, "lost", {
+          errorCode: "remote_state_lost",
+          errorMessage: "the job's supervisor on the target died without recording an exit status",
+        });
+      case "disconnected":
+        if (!this.accepting && !run.sync) {
+          // Shutting down: leave it running on the target for the next start to re-attach.
+          return { ...run.record };
+        }
+        return this.finish(run, "lost", { errorCode: "connection_lost", errorMessage: end.error.message });
+      case "exists":
+        return this.finish(run, "lost", { errorCode: "remote_state_lost", errorMessage: "unexpected job state" });
+    }
+  }
+
+  /** Records the terminal state (compare-and-set from an active status). */
+  private async finish(
+    run: Run,
+    status: CommandStatus,
+    patch: Partial<CommandRecord>,
+    from: readonly CommandStatus[] = ACTIVE,
+  ): Promise<CommandRecord> {
+    const finishedAt = new Date();
+    const startedAt = patch.startedAt === null ? null : (run.record.startedAt ?? null);
+    const counters = run.log?.counters;
+    const full: Partial<CommandRecord> = {
+      exitCode: null,
+      signal: null,
+      ...patch,
+      ...(counters ?? {}),
+      status,
+      finishedAt,
+      durationMs: startedAt ? finishedAt.getTime() - startedAt.getTime() : null,
+    };
+    const ok = await this.deps.stores.commands.transition(run.record.id, from, full);
+    if (!ok) {
+      const now = await this.deps.stores.commands.get(run.record.id);
+      return now ?? run.record;
+    }
+    Object.assign(run.record, full);
+    this.deps.observer?.commandEnded?.(run.record);
+    return { ...run.record };
+  }
+
+  private async requestCancel(run: Run): Promise<void> {
+    run.cancelRequested = true;
+    if (run.record.status === "queued") {
+      const ok = await this.deps.stores.commands.transition(run.record.id, ["queued"], {
+        status: "cancelled",
+        finishedAt: new Date(),
+      });
+      if (ok) {
+        run.record.status = "cancelled";
+        return;
+      }
+    }
+    if (run.remoteStarted) await this.sendCancel(run);
+  }
+
+  private sendCancel(run: Run): Promise<void> {
+    if (!run.record.runner) return Promise.resolve();
+    const runner = run.record.runner;
+    const p = cancelJob(this.transportFor(run.target), run.target, runner.jobDir, runner.user, this.deps.config.graceMs).then(() => {});
+    run.cancelSent = p;
+    return p;
+  }
+
+  /**
+   * Cancels a command: withdraws it when queued, otherwise sends SIGTERM to
+   * its process group on the target (SIGKILL after the grace period).
+   */
+  async cancel(id: string): Promise<void> {
+    const record = await this.deps.stores.commands.get(id);
+    if (!record) throw new NotFoundError("command", id, "id");
+    if (isTerminal(record.status)) {
+      throw new FailedPreconditionError(`command ${id} already ended (${record.status})`);
+    }
+    const run = this.runs.get(id);
+    if (run) {
+      run.cancelRequested = true;
+      if (run.record.status === "queued" || !run.remoteStarted) {
+        await this.requestCancel(run);
+        return;
+      }
+      await this.sendCancel(run);
+      return;
+    }
+    // Not run by this process (e.g. re-attach still pending): act on the target directly.
+    if (record.status === "queued") {
+      const ok = await this.deps.stores.commands.transition(id, ["queued"], { status: "cancelled", finishedAt: new Date() });
+      if (ok) return;
+    }
+    if (!record.runner) throw new FailedPreconditionError(`command ${id} is not running on its target`);
+    const machine = await this.resolveMachine(record.machineId);
+    const target = this.targetOf(machine);
+    const r = await cancelJob(this.transportFor(target), target, record.runner.jobDir, record.runner.user, this.deps.config.graceMs);
+    if (r === "gone") throw new FailedPreconditionError(`command ${id} is not running on its target`);
+  }
+
+  async get(id: string): Promise<CommandView> {
+    const record = await this.deps.stores.commands.get(id);
+    if (!record) throw new NotFoundError("command", id, "id");
+    return this.view(record);
+  }
+
+  /** Adds the stored stdout and stderr to a record. */
+  async view(record: CommandRecord): Promise<CommandView> {
+    const chunks = await this.deps.stores.commands.readOutput(record.id, 0, Number.MAX_SAFE_INTEGER);
+    return { ...record, ...joinOutput(chunks) };
+  }
+
+  /**
+   * Follows a command's combined output from `offset`: stored chunks first,
+   * then live ones as they are stored, then `end`. A gap left by truncation
+   * yields `skipped`. Memory stays bounded whatever the reader's speed: it
+   * reads from the store at its own pace.
+   */
+  async *watch(id: string, offset: number, signal?: AbortSignal): AsyncGenerator<WatchEvent> {
+    const commands = this.deps.stores.commands;
+    let record = await commands.get(id);
+    if (!record) throw new NotFoundError("command", id, "id");
+    let pos = Math.max(0, offset);
+    for (;;) {
+      if (signal?.aborted) return;
+      const version = this.bus.version(id);
+      const chunks = await commands.readOutput(id, pos, 256 * 1024);
+      for (const c of chunks) {
+        const end = c.offset + c.data.length;
+        if (end <= pos) continue;
+        if (c.offset > pos) {
+          yield { kind: "skipped", offset: pos, bytes: c.offset - pos };
+          pos = c.offset;
+        }
+        const data = c.data.subarray(pos - c.offset);
+        yield { kind: "output", stream: c.stream, offset: pos, data };
+        pos = end;
+      }
+      if (chunks.length > 0) continue;
+      record = await commands.get(id);
+      if (!record) return;
+      if (isTerminal(record.status)) {
+        if (pos < record.logBytes) {
+          yield { kind: "skipped", offset: pos, bytes: record.logBytes - pos };
+        }
+        yield { kind: "end", command: await this.view(record) };
+        return;
+      }
+      await this.bus.waitChange(id, version, signal);
+    }
+  }
+
+  /** Waits until a command reaches a terminal state (used by batch and tests). */
+  async waitTerminal(id: string, signal?: AbortSignal): Promise<CommandRecord> {
+    const run = this.runs.get(id);
+    if (run) return run.finished;
+    for (;;) {
+      const version = this.bus.version(id);
+      const r = await this.deps.stores.commands.get(id);
+      if (!r) throw new NotFoundError("command", id, "id");
+      if (isTerminal(r.status)) return r;
+      if (signal?.aborted) return r;
+      await this.bus.waitChange(id, version, signal);
+    }
+  }
+
+  /**
+   * At start: re-attaches to commands a previous process left running, and
+   * settles those that can no longer run. Resolves once every command has a
+   * follower or a terminal state; following goes on in the background.
+   */
+  async recover(): Promise<{ reattached: number; settled: number }> {
+    const active = await this.deps.stores.commands.listActive();
+    let reattached = 0;
+    let settled = 0;
+    for (const record of active) {
+      if (this.runs.has(record.id)) continue;
+      const fake: Run = this.detachedRun(record);
+      if (record.status === "queued" || !record.runner) {
+        // Its env never reached the target and is not stored: it cannot start now.
+        const status: CommandStatus = record.status === "queued" ? "failed" : "lost";
+        await this.finish(fake, status, {
+          errorCode: "service_restarted",
+          errorMessage: "the service restarted before the command started on its target",
+          startedAt: record.status === "queued" ? null : record.startedAt,
+        });
+        settled++;
+        continue;
+      }
+      let machine: MachineRecord;
+      try {
+        machine = await this.resolveMachine(record.machineId);
+      } catch {
+        await this.finish(fake, "lost", { errorCode: "remote_state_lost", errorMessage: "the machine is no longer registered" });
+        settled++;
+        continue;
+      }
+      fake.target = this.targetOf(machine);
+      fake.log = await OutputLog.restore(this.deps.stores.commands, record.id, record, this.logOptions(record.id));
+      fake.remoteStarted = true;
+      this.runs.set(record.id, fake);
+      fake.finished = this.follow(fake, { kind: "disconnected", error: new TargetError("connection_lost", "the service restarted", record.machineId) })
+        .then((end) => this.conclude(fake, end))
+        .catch(async (err: unknown) => {
+          this.deps.observer?.warn?.("re-attach failed", { command_id: record.id, error: String(err) });
+          return this.finish(fake, "lost", { errorCode: "connection_lost", errorMessage: "could not re-attach after a restart" });
+        })
+        .finally(() => {
+          this.runs.delete(record.id);
+          this.bus.forget(record.id);
+        });
+      reattached++;
+    }
+    return { reattached, settled };
+  }
+
+  private detachedRun(record: CommandRecord): Run {
+    return {
+      record: { ...record },
+      target: { id: record.machineId, host: "", port: 0, username: "", privateKey: null, passphrase: null, password: null, hostKeyFingerprint: null, hostKeyAlgorithm: null },
+      sync: false,
+      remoteStarted: false,
+      cancelRequested: false,
+      cancelSent: null,
+      finished: Promise.resolve(record),
+      abort: new AbortController(),
+      log: null,
+    };
+  }
+
+  /**
+   * Graceful stop: refuse new commands; let commands whose caller waits
+   * finish for up to `graceMs`, then cancel them and wait for their end.
+   * Detached commands keep running on their targets and are re-attached by
+   * the next start.
+   */
+  async shutdown(graceMs: number): Promise<void> {
+    this.accepting = false;
+    const syncRuns = () => [...this.runs.values()].filter((r) => r.sync);
+    const deadline = Date.now() + graceMs;
+    while (syncRuns().length > 0 && Date.now() < deadline) {
+      await Promise.race([Promise.all(syncRuns().map((r) => r.finished)), sleep(Math.max(0, deadline - Date.now()))]);
+    }
+    await Promise.all(syncRuns().map((r) => this.requestCancel(r).catch(() => {})));
+    const killDeadline = sleep(this.deps.config.graceMs + 5_000);
+    await Promise.race([Promise.all(syncRuns().map((r) => r.finished)), killDeadline]);
+    // Whatever sync command still has no terminal state is recorded honestly.
+    for (const r of syncRuns()) {
+      await this.finish(r, "lost", { errorCode: "service_restarted", errorMessage: "the service stopped before the command ended" }).catch(() => {});
+    }
+  }
+}
+
+function toNotStarted(err: unknown): JobEnd {
+  if (err instanceof TargetError) return { kind: "not_started", reason: err.reason, message: err.message };
+  return { kind: "not_started", reason: "spawn_failed", message: String((err as Error)?.message ?? err) };
+}
+
+export function joinOutput(chunks: OutputChunkRecord[]): { stdout: Buffer; stderr: Buffer } {
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  for (const c of chunks) (c.stream === "stdout" ? out : err).push(c.data);
+  return { stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
+}

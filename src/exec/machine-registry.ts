@@ -1,0 +1,210 @@
+/**
+ * The machine registry: validation of SSH targets, write-only credentials,
+ * delete rules, and connection tests.
+ */
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, TargetError } from "./errors.ts";
+import { newId } from "./ids.ts";
+import type { MachineRecord, MachineStore, CommandStore, Transport } from "./ports.ts";
+import { userNameProblem } from "./shell-quote.ts";
+
+export interface MachineInput {
+  name?: string | undefined;
+  host?: string | undefined;
+  port?: number | undefined;
+  username?: string | undefined;
+  privateKey?: string | undefined;
+  passphrase?: string | undefined;
+  password?: string | undefined;
+  hostKeyFingerprint?: string | undefined;
+  hostKeyAlgorithm?: string | undefined;
+  labels?: Record<string, string> | undefined;
+  clearLabels?: boolean | undefined;
+}
+
+export interface TestResult {
+  ok: boolean;
+  latencyMs: number | null;
+  error: { code: string; message: string } | null;
+  hostKeyFingerprint: string | null;
+  hostKeyAlgorithm: string | null;
+}
+
+export interface RegistryDeps {
+  machines: MachineStore;
+  commands: CommandStore;
+  ssh: Transport;
+  local: Transport;
+  localMachine: MachineRecord | null;
+  /** Returns why a private key cannot be used (never the key itself), or null. */
+  checkPrivateKey: (key: string, passphrase: string | null) => string | null;
+}
+
+const HOST = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$|^\[?[0-9A-Fa-f:.]+\]?$/;
+const FINGERPRINT = /^SHA256:[A-Za-z0-9+/]{43}$/;
+const LABEL_KEY = /^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$/;
+const HOST_KEY_ALGORITHMS = new Set([
+  "ssh-ed25519",
+  "ecdsa-sha2-nistp256",
+  "ecdsa-sha2-nistp384",
+  "ecdsa-sha2-nistp521",
+  "ssh-rsa",
+  "rsa-sha2-256",
+  "rsa-sha2-512",
+]);
+
+export function validateLabels(labels: Record<string, string>, field = "labels"): void {
+  const entries = Object.entries(labels);
+  if (entries.length > 64) throw new InvalidArgumentError(field, "at most 64 labels");
+  for (const [k, v] of entries) {
+    if (!LABEL_KEY.test(k)) throw new InvalidArgumentError(field, `key ${JSON.stringify(k.slice(0, 64))} must match [A-Za-z0-9._/-], 1 to 63 characters`);
+    if (typeof v !== "string" || v.length > 255) throw new InvalidArgumentError(`${field}.${k}`, "must be a string of at most 255 characters");
+  }
+}
+
+export class MachineRegistry {
+  constructor(private readonly deps: RegistryDeps) {}
+
+  private checkFields(input: MachineInput, creating: boolean): void {
+    const need = (v: unknown, field: string) => {
+      if (creating && (v === undefined || v === "")) throw new InvalidArgumentError(field, "is required");
+    };
+    need(input.name, "name");
+    need(input.host, "host");
+    need(input.username, "username");
+    if (input.name !== undefined) {
+      if (input.name.trim() === "" || input.name.length > 128 || /[\0\n\r]/.test(input.name)) {
+        throw new InvalidArgumentError("name", "must be 1 to 128 characters without line breaks");
+      }
+    }
+    if (input.host !== undefined && (!HOST.test(input.host) || input.host.length > 253)) {
+      throw new InvalidArgumentError("host", "must be a host name or an IP address");
+    }
+    if (input.port !== undefined && (!Number.isInteger(input.port) || input.port < 1 || input.port > 65535)) {
+      throw new InvalidArgumentError("port", "must be an integer from 1 to 65535");
+    }
+    if (input.username !== undefined) {
+      const p = userNameProblem(input.username);
+      if (p) throw new InvalidArgumentError("username", p);
+    }
+    if (input.hostKeyFingerprint !== undefined && input.hostKeyFingerprint !== "" && !FINGERPRINT.test(input.hostKeyFingerprint)) {
+      throw new InvalidArgumentError("host_key_fingerprint", "must look like SHA256:<43 base64 characters>, as `ssh-keygen -lf` prints it");
+    }
+    if (input.hostKeyAlgorithm !== undefined && input.hostKeyAlgorithm !== "" && !HOST_KEY_ALGORITHMS.has(input.hostKeyAlgorithm)) {
+      throw new InvalidArgumentError("host_key_algorithm", `must be one of ${[...HOST_KEY_ALGORITHMS].join(", ")}`);
+    }
+    if (input.privateKey !== undefined && input.privateKey !== "") {
+      const problem = this.deps.checkPrivateKey(input.privateKey, input.passphrase ?? null);
+      if (problem) throw new InvalidArgumentError("private_key", problem);
+    }
+    if (input.labels) validateLabels(input.labels);
+  }
+
+  async create(input: MachineInput): Promise<MachineRecord> {
+    this.checkFields(input, true);
+    if (!input.privateKey && !input.password) {
+      throw new InvalidArgumentError("private_key", "a private_key or a password is required");
+    }
+    if (input.name === this.deps.localMachine?.name) throw new AlreadyExistsError(`machine name ${JSON.stringify(input.name)} is taken`, "name");
+    const now = new Date();
+    const record: MachineRecord = {
+      id: newId("mach"),
+      name: input.name!,
+      host: input.host!,
+      port: input.port ?? 22,
+      username: input.username!,
+      privateKey: input.privateKey || null,
+      passphrase: input.passphrase || null,
+      password: input.password || null,
+      hostKeyFingerprint: input.hostKeyFingerprint || null,
+      hostKeyAlgorithm: input.hostKeyAlgorithm || null,
+      labels: input.labels ?? {},
+      createdAt: now,
+      updatedAt: now,
+    };
+    await this.deps.machines.create(record);
+    return record;
+  }
+
+  async get(id: string): Promise<MachineRecord> {
+    const local = this.deps.localMachine;
+    if (local && id === local.id) return local;
+    const m = await this.deps.machines.get(id);
+    if (!m) throw new NotFoundError("machine", id, "id");
+    return m;
+  }
+
+  async list(limit: number, offset: number, labels: Record<string, string> | null): Promise<{ items: MachineRecord[]; total: number }> {
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new InvalidArgumentError("limit", "must be an integer from 1 to 1000");
+    if (!Number.isInteger(offset) || offset < 0) throw new InvalidArgumentError("offset", "must be a non-negative integer");
+    const page = await this.deps.machines.list({ limit, offset, labels });
+    const local = this.deps.localMachine;
+    if (!local || (labels && !Object.entries(labels).every(([k, v]) => local.labels[k] === v))) return page;
+    // The built-in machine comes first.
+    const items = offset === 0 ? [local, ...page.items].slice(0, limit) : page.items;
+    return { items, total: page.total + 1 };
+  }
+
+  async update(id: string, input: MachineInput): Promise<MachineRecord> {
+    if (this.deps.localMachine && id === this.deps.localMachine.id) {
+      throw new FailedPreconditionError("the built-in machine cannot be changed");
+    }
+    const current = await this.get(id);
+    this.checkFields(input, false);
+    const patch: Partial<MachineRecord> = { updatedAt: new Date() };
+    if (input.name !== undefined) patch.name = input.name;
+    if (input.host !== undefined) patch.host = input.host;
+    if (input.port !== undefined) patch.port = input.port;
+    if (input.username !== undefined) patch.username = input.username;
+    if (input.privateKey !== undefined) patch.privateKey = input.privateKey || null;
+    if (input.passphrase !== undefined) patch.passphrase = input.passphrase || null;
+    if (input.password !== undefined) patch.password = input.password || null;
+    if (input.hostKeyFingerprint !== undefined) {
+      patch.hostKeyFingerprint = input.hostKeyFingerprint || null;
+      // A new pin may be of another key type: learn it again unless given.
+      if (input.hostKeyAlgorithm === undefined) patch.hostKeyAlgorithm = null;
+    }
+    if (input.hostKeyAlgorithm !== undefined) patch.hostKeyAlgorithm = input.hostKeyAlgorithm || null;
+    if (input.labels && Object.keys(input.labels).length > 0) patch.labels = input.labels;
+    else if (input.clearLabels) patch.labels = {};
+    const privateKey = patch.privateKey !== undefined ? patch.privateKey : current.privateKey;
+    const password = patch.password !== undefined ? patch.password : current.password;
+    if (!privateKey && !password) throw new InvalidArgumentError("private_key", "a private_key or a password is required");
+    const updated = await this.deps.machines.update(id, patch);
+    if (!updated) throw new NotFoundError("machine", id, "id");
+    this.deps.ssh.forget(id);
+    return updated;
+  }
+
+  async delete(id: string, force: boolean): Promise<void> {
+    if (this.deps.localMachine && id === this.deps.localMachine.id) {
+      throw new FailedPreconditionError("the built-in machine cannot be deleted");
+    }
+    await this.get(id);
+    if (!force) {
+      const active = await this.deps.commands.countActiveOnMachine(id);
+      if (active > 0) {
+        throw new FailedPreconditionError(`machine ${id} has ${active} running command(s); pass force=true to delete it anyway`);
+      }
+    }
+    await this.deps.machines.delete(id);
+    this.deps.ssh.forget(id);
+  }
+
+  /** Connects, verifies the host key, runs `true`. Failures are reported, not thrown. */
+  async test(id: string): Promise<TestResult> {
+    const m = await this.get(id);
+    const local = this.deps.localMachine !== null && m.id === this.deps.localMachine.id;
+    const transport = local ? this.deps.local : this.deps.ssh;
+    try {
+      const r = await transport.probe({ ...m, local });
+      if (!local && r.hostKeyAlgorithm && m.hostKeyFingerprint && !m.hostKeyAlgorithm) {
+        await this.deps.machines.update(id, { hostKeyAlgorithm: r.hostKeyAlgorithm });
+      }
+      return { ok: true, latencyMs: Math.round(r.latencyMs), error: null, hostKeyFingerprint: r.hostKeyFingerprint, hostKeyAlgorithm: r.hostKeyAlgorithm };
+    } catch (err) {
+      const code = err instanceof TargetError ? err.reason : "spawn_failed";
+      const message = err instanceof Error ? err.message : String(err);
+      return { ok: false, latencyMs: null, error: { code, message }, hostKeyFingerprint: null, hostKeyAlgorithm: null };
+    }
+  }
+}

@@ -1,0 +1,228 @@
+/**
+ * Drives the scripts of remote-script.ts over a Transport: start a job and
+ * stream its output, re-attach to one, collect how it ended, cancel it.
+ */
+import type { Readable } from "node:stream";
+import { TargetError, type TargetErrorReason } from "./errors.ts";
+import type { MachineTarget, OutputStreamName, RemoteProcess, Transport } from "./ports.ts";
+import {
+  SCRIPT_COMMAND_LINE,
+  attachScript,
+  cancelScript,
+  collectScript,
+  newNonce,
+  parseHeader,
+  startScript,
+  type Header,
+  type StartSpec,
+} from "./remote-script.ts";
+
+/** Receives output in arrival order; awaiting it applies backpressure. */
+export type OutputSink = (stream: OutputStreamName, data: Buffer) => Promise<void>;
+
+export type JobEnd =
+  /** The command ended; `waitStatus` as the shell reports it (128+n for signal n). */
+  | { kind: "ended"; waitStatus: number; timedOut: boolean; cancelled: boolean }
+  /** Nothing was started on the target. */
+  | { kind: "not_started"; reason: TargetErrorReason; message: string }
+  /** A job with this id already exists on the target (a start was retried): re-attach. */
+  | { kind: "exists" }
+  /** The job's directory is gone: its outcome cannot be known. */
+  | { kind: "gone" }
+  /** The supervisor died without recording a status. */
+  | { kind: "dead" }
+  /** The connection dropped while following; the job may still be running. */
+  | { kind: "disconnected"; error: TargetError };
+
+const MAX_NOISE = 64 * 1024;
+
+/**
+ * Strips what precedes the script's own marker line on one stream (login
+ * banners and the like) and hands the header line to `onHeader`.
+ */
+class MarkerSplitter {
+  private buffer: Buffer = Buffer.alloc(0);
+  private found = false;
+  noise = "";
+  constructor(
+    private readonly nonce: string,
+    private readonly onHeader: (line: string) => void,
+  ) {}
+
+  get seen(): boolean {
+    return this.found;
+  }
+
+  /** Returns the bytes that follow the marker line (empty until it was seen). */
+  push(data: Buffer): Buffer {
+    if (this.found) return data;
+    this.buffer = this.buffer.length ? Buffer.concat([this.buffer, data]) : data;
+    let start = 0;
+    for (;;) {
+      const nl = this.buffer.indexOf(10, start);
+      if (nl < 0) break;
+      const line = this.buffer.subarray(start, nl).toString("utf8");
+      start = nl + 1;
+      if (line.startsWith(this.nonce)) {
+        this.found = true;
+        this.onHeader(line);
+        const rest = this.buffer.subarray(start);
+        this.buffer = Buffer.alloc(0);
+        return rest;
+      }
+      if (this.noise.length < MAX_NOISE) this.noise += line + "\n";
+    }
+    this.buffer = this.buffer.subarray(start);
+    if (this.buffer.length > MAX_NOISE) {
+      this.noise += this.buffer.subarray(0, 200).toString("utf8");
+      this.buffer = Buffer.alloc(0);
+    }
+    return Buffer.alloc(0);
+  }
+
+  /** What was on the stream when no marker came. */
+  leftover(): string {
+    return (this.noise + this.buffer.toString("utf8")).trim();
+  }
+}
+
+async function pump(stream: Readable, splitter: MarkerSplitter, name: OutputStreamName, sink: OutputSink | null): Promise<void> {
+  for await (const chunk of stream) {
+    const data = splitter.push(chunk as Buffer);
+    if (data.length > 0 && sink) await sink(name, data);
+  }
+}
+
+interface ScriptRun {
+  header: Header | null;
+  stderrText: string;
+  /** Set when the connection dropped before the channel closed. */
+  lost: TargetError | null;
+}
+
+/** Runs one script; streams what follows the markers to `sink`. */
+async function runScript(
+  transport: Transport,
+  target: MachineTarget,
+  nonce: string,
+  script: string,
+  sink: OutputSink | null,
+  signal?: AbortSignal,
+): Promise<ScriptRun> {
+  let header: Header | null = null;
+  const out = new MarkerSplitter(nonce, (line) => {
+    header = parseHeader(nonce, line);
+  });
+  const err = new MarkerSplitter(nonce, () => {});
+  let proc: RemoteProcess;
+  try {
+    proc = await transport.exec(target, SCRIPT_COMMAND_LINE, { stdin: script, ...(signal ? { signal } : {}) });
+  } catch (e) {
+    if (e instanceof TargetError) throw e;
+    throw new TargetError("spawn_failed", `could not start the job: ${(e as Error).message}`, target.id, { cause: e });
+  }
+  let lost: TargetError | null = null;
+  const pumps = Promise.all([pump(proc.stdout, out, "stdout", sink), pump(proc.stderr, err, "stderr", sink)]);
+  try {
+    await Promise.all([pumps, proc.done]);
+  } catch (e) {
+    proc.close();
+    await pumps.catch(() => {});
+    lost = e instanceof TargetError ? e : new TargetError("connection_lost", (e as Error).message, target.id, { cause: e });
+  }
+  return { header, stderrText: err.leftover(), lost };
+}
+
+/** Reads how a job ended; removes it on the target once it has ended. */
+export async function collectJob(transport: Transport, target: MachineTarget, jobDir: string): Promise<JobEnd> {
+  const nonce = newNonce();
+  const run = await runScript(transport, target, nonce, collectScript(nonce, jobDir), null);
+  if (run.lost) return { kind: "disconnected", error: run.lost };
+  const h = run.header as Header | null;
+  if (!h) {
+    return { kind: "disconnected", error: new TargetError("spawn_failed", run.stderrText || "no answer from the target", target.id) };
+  }
+  if (h.kind === "gone") return { kind: "gone" };
+  if (h.kind !== "status") return { kind: "dead" };
+  if (h.status === "dead") return { kind: "dead" };
+  if (h.status === "running") {
+    return { kind: "disconnected", error: new TargetError("connection_lost", "the job is still running", target.id) };
+  }
+  return { kind: "ended", waitStatus: h.status, timedOut: h.timedOut, cancelled: h.cancelled };
+}
+
+/**
+ * Starts the job described by `spec` and follows it to its end. Resolves
+ * with how it ended; `onStarted` runs once the job exists on the target.
+ */
+export async function runJob(
+  transport: Transport,
+  target: MachineTarget,
+  spec: Omit<StartSpec, "nonce">,
+  sink: OutputSink,
+  onStarted: () => void,
+  signal?: AbortSignal,
+): Promise<JobEnd> {
+  const nonce = newNonce();
+  let started = false;
+  const guarded: OutputSink = async (stream, data) => {
+    if (!started) {
+      started = true;
+      onStarted();
+    }
+    await sink(stream, data);
+  };
+  const run = await runScript(transport, target, nonce, startScript({ ...spec, nonce }), guarded, signal);
+  const h = run.header as Header | null;
+  if (h?.kind === "started" && !started) {
+    started = true;
+    onStarted();
+  }
+  if (!h) {
+    // The script may have run before the connection dropped: re-attaching tells.
+    if (run.lost) return { kind: "disconnected", error: run.lost };
+    return { kind: "not_started", reason: "spawn_failed", message: run.stderrText || "the target did not run the start script" };
+  }
+  if (h.kind === "exists") return { kind: "exists" };
+  if (h.kind === "error") {
+    return { kind: "not_started", reason: h.reason as TargetErrorReason, message: run.stderrText };
+  }
+  if (run.lost) return { kind: "disconnected", error: run.lost };
+  return collectJob(transport, target, spec.jobDir);
+}
+
+/** Follows an existing job from the given offsets to its end. */
+export async function attachJob(
+  transport: Transport,
+  target: MachineTarget,
+  jobDir: string,
+  offsets: { stdout: number; stderr: number },
+  sink: OutputSink,
+  signal?: AbortSignal,
+): Promise<JobEnd> {
+  const nonce = newNonce();
+  const script = attachScript({ nonce, jobDir, stdoutOffset: offsets.stdout, stderrOffset: offsets.stderr });
+  const run = await runScript(transport, target, nonce, script, sink, signal);
+  const h = run.header as Header | null;
+  if (run.lost) return { kind: "disconnected", error: run.lost };
+  if (!h) return { kind: "disconnected", error: new TargetError("spawn_failed", run.stderrText || "no answer from the target", target.id) };
+  if (h.kind === "gone") return { kind: "gone" };
+  return collectJob(transport, target, jobDir);
+}
+
+/** Sends SIGTERM to the job's process group (SIGKILL follows after `graceMs`). */
+export async function cancelJob(
+  transport: Transport,
+  target: MachineTarget,
+  jobDir: string,
+  user: string | null,
+  graceMs: number,
+): Promise<"sent" | "done" | "gone"> {
+  const nonce = newNonce();
+  const run = await runScript(transport, target, nonce, cancelScript(nonce, jobDir, user, graceMs), null);
+  if (run.lost) throw run.lost;
+  const h = run.header as Header | null;
+  if (!h) throw new TargetError("spawn_failed", run.stderrText || "no answer from the target", target.id);
+  if (h.kind === "sent" || h.kind === "done") return h.kind;
+  return "gone";
+}

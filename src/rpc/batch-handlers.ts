@@ -1,0 +1,150 @@
+/** Batch RPCs: protobuf <-> domain mapping for the BatchRunner. */
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate, type Value } from "@bufbuild/protobuf/wkt";
+import {
+  BatchEventSchema,
+  BatchMetaSchema,
+  BatchProgressSchema,
+  BatchResponseSchema,
+  CancelBatchResponseSchema,
+  StartBatchResponseSchema,
+  type BatchEvent,
+  type BatchProgress,
+  type BatchRequest,
+  type BatchResponse,
+  type CancelBatchResponse,
+  type Command,
+  type StartBatchResponse,
+} from "../gen/fleetrun/v1/command_pb.js";
+import { summarize, type BatchInput, type BatchRunner, type BatchSummary } from "../exec/batch-runner.ts";
+import type { CommandEngine } from "../exec/command-engine.ts";
+import { InvalidArgumentError } from "../exec/errors.ts";
+import type { Principal } from "./auth.ts";
+import { toSafeNumber } from "./command-service.ts";
+import { commandToProto } from "./mapping.ts";
+
+function valueToJs(v: Value | undefined): unknown {
+  if (!v) return null;
+  switch (v.kind.case) {
+    case "numberValue":
+    case "stringValue":
+      return v.kind.value;
+    case "nullValue":
+    case undefined:
+      return null;
+    default:
+      return v.kind.value as unknown;
+  }
+}
+
+export function batchInput(req: BatchRequest): BatchInput {
+  const selector = req.selector ? req.selector.labels : null;
+  return {
+    machineIds: req.machineIds,
+    selector: selector && Object.keys(selector).length > 0 ? selector : null,
+    command: req.command,
+    cwd: req.cwd ?? null,
+    env: req.env,
+    timeoutMs: req.timeout === undefined ? null : toSafeNumber("timeout", req.timeout),
+    user: req.user ?? null,
+    maxConcurrency: valueToJs(req.maxConcurrency),
+    maxErrors: valueToJs(req.maxErrors),
+  };
+}
+
+function meta(s: BatchSummary) {
+  return create(BatchMetaSchema, { batchId: s.batchId, succeeded: s.succeeded, failed: s.failed, skipped: s.skipped });
+}
+
+export interface BatchHandlers {
+  batch(req: BatchRequest, p: Principal, signal: AbortSignal): Promise<BatchResponse>;
+  batchStream(req: BatchRequest, p: Principal, signal: AbortSignal): AsyncIterable<BatchEvent>;
+  startBatch(req: BatchRequest, p: Principal): Promise<StartBatchResponse>;
+  getBatch(id: string): Promise<BatchProgress>;
+  cancelBatch(id: string): Promise<CancelBatchResponse>;
+}
+
+export function batchHandlers(runner: BatchRunner, engine: CommandEngine, outputCap: number): BatchHandlers {
+  return {
+    async batch(req, p, signal) {
+      const prepared = await runner.prepare(batchInput(req), p.name, true);
+      const summary = await runner.run(prepared, undefined, signal);
+      const data: Record<string, Command> = {};
+      for (const rec of prepared.records) {
+        const view = await engine.get(rec.id);
+        data[rec.machineId] = commandToProto(view, outputCap);
+      }
+      return create(BatchResponseSchema, { data, meta: meta(summary) });
+    },
+
+    async *batchStream(req, p, signal) {
+      const prepared = await runner.prepare(batchInput(req), p.name, true);
+      const queue: string[] = [];
+      let wake: (() => void) | null = null;
+      let done = false;
+      const running = runner
+        .run(
+          prepared,
+          (c) => {
+            queue.push(c.id);
+            wake?.();
+          },
+          signal,
+        )
+        .finally(() => {
+          done = true;
+          wake?.();
+        });
+      while (!done || queue.length > 0) {
+        const id = queue.shift();
+        if (id) {
+          const view = await engine.get(id);
+          yield create(BatchEventSchema, { event: { case: "result", value: commandToProto(view, outputCap) } });
+          continue;
+        }
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          if (done || queue.length > 0) resolve();
+        });
+        wake = null;
+      }
+      const summary = await running;
+      yield create(BatchEventSchema, { event: { case: "summary", value: meta(summary) } });
+    },
+
+    async startBatch(req, p) {
+      const prepared = await runner.prepare(batchInput(req), p.name, false);
+      runner.run(prepared).catch(() => {});
+      return create(StartBatchResponseSchema, { id: prepared.batch.id, status: "running" });
+    },
+
+    async getBatch(id) {
+      if (id === "") throw new InvalidArgumentError("id", "is required");
+      const { batch, commands } = await runner.get(id);
+      const s = summarize(batch.id, commands);
+      const machines: Record<string, Command> = {};
+      for (const c of commands) machines[c.machineId] = commandToProto(c);
+      return create(BatchProgressSchema, {
+        id: batch.id,
+        status: batch.status,
+        command: batch.command,
+        total: commands.length,
+        succeeded: s.succeeded,
+        failed: s.failed,
+        skipped: s.skipped,
+        running: commands.filter((c) => c.status === "running").length,
+        pending: commands.filter((c) => c.status === "queued").length,
+        createdAt: timestampFromDate(batch.createdAt),
+        ...(batch.finishedAt ? { finishedAt: timestampFromDate(batch.finishedAt) } : {}),
+        requestedBy: batch.requestedBy,
+        machines,
+      });
+    },
+
+    async cancelBatch(id) {
+      if (id === "") throw new InvalidArgumentError("id", "is required");
+      await runner.cancel(id);
+      return create(CancelBatchResponseSchema, { cancelled: true });
+    },
+  };
+}

@@ -1,0 +1,43 @@
+/**
+ * Every failure that reaches a caller passes through `toConnectError`: typed
+ * domain errors keep their code and field; anything else becomes a bare
+ * `internal` error whose details go to the log only.
+ */
+import { Code, ConnectError } from "@connectrpc/connect";
+import { FleetError, type ErrorCode } from "../exec/errors.ts";
+
+/** Response header naming the request field an error is about. */
+export const ERROR_FIELD_HEADER = "x-error-field";
+
+const CODES: Record<ErrorCode, Code> = {
+  invalid_argument: Code.InvalidArgument,
+  not_found: Code.NotFound,
+  already_exists: Code.AlreadyExists,
+  failed_precondition: Code.FailedPrecondition,
+  aborted: Code.Aborted,
+  unauthenticated: Code.Unauthenticated,
+  permission_denied: Code.PermissionDenied,
+  resource_exhausted: Code.ResourceExhausted,
+  unavailable: Code.Unavailable,
+  deadline_exceeded: Code.DeadlineExceeded,
+  cancelled: Code.Canceled,
+  internal: Code.Internal,
+};
+
+export function toConnectError(err: unknown, onInternal?: (err: unknown) => void): ConnectError {
+  // Already mapped (e.g. thrown by an interceptor or by Connect itself).
+  if (err instanceof ConnectError) return err;
+  // A domain error: its code and field are part of the API.
+  if (err instanceof FleetError) {
+    const e = new ConnectError(err.message, CODES[err.code]);
+    if (err.field) e.metadata.set(ERROR_FIELD_HEADER, err.field);
+    return e;
+  }
+  // An abort of the caller's own request.
+  if (err instanceof Error && err.name === "AbortError") {
+    return new ConnectError("the call was cancelled", Code.Canceled);
+  }
+  // Anything else is a bug or an infrastructure failure: say little.
+  onInternal?.(err);
+  return new ConnectError("internal error", Code.Internal);
+}
