@@ -96,11 +96,11 @@ export function createHealthService(options: HealthServiceOptions = {}): HealthS
       listeners.set(req.service, set);
     }
     set.add(listener);
+    if (stopped) queue.push("end");
     ctx.signal.addEventListener("abort", onAbort);
     try {
       let last = current(req.service);
       yield create(HealthCheckResponseSchema, { status: last });
-      if (stopped) return;
       while (!ctx.signal.aborted) {
         const next = queue.shift();
         if (next === undefined) {
