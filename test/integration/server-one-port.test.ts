@@ -1,6 +1,7 @@
 import { execFile } from "node:child_process";
 import http from "node:http";
 import http2 from "node:http2";
+import net from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
@@ -129,6 +130,36 @@ describe("one port, every protocol", () => {
     } finally {
       session.close();
     }
+  });
+
+  it("recognises the HTTP/2 preface even when it arrives in pieces", async () => {
+    const socket = net.connect(server.port, "127.0.0.1");
+    socket.setNoDelay(true);
+    socket.on("error", () => {});
+    try {
+      await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
+      const received: Buffer[] = [];
+      socket.on("data", (c: Buffer) => received.push(c));
+      socket.write("PRI * HTTP/2.0\r\n");
+      await new Promise((resolve) => setTimeout(resolve, 50)); // a separate TCP segment, not synchronisation
+      socket.write("\r\nSM\r\n\r\n");
+      socket.write(Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])); // empty SETTINGS frame
+      const deadline = Date.now() + 5_000;
+      while (Buffer.concat(received).length < 9 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      const head = Buffer.concat(received);
+      expect(head.length).toBeGreaterThanOrEqual(9);
+      expect(head[3]).toBe(4); // the server's first frame is its SETTINGS
+    } finally {
+      socket.destroy();
+    }
+  });
+
+  it("sends a request that merely starts like the preface to HTTP/1.1", async () => {
+    const res = await fetch(`${server.url}/healthz`, { method: "POST", body: "x" });
+    expect(res.status).toBe(404);
+    expect(res.headers.get("content-type")).toContain("application/json");
   });
 
   const transports: [string, () => Transport][] = [
