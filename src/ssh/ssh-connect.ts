@@ -10,7 +10,7 @@
  */
 import net from "node:net";
 import ssh2 from "ssh2";
-import type { Client as Ssh2Client, ConnectConfig, ParsedKey } from "ssh2";
+import type { AnyAuthMethod, AuthMethod, Client as Ssh2Client, ConnectConfig, ParsedKey } from "ssh2";
 import { TargetError } from "../exec/errors.ts";
 import type { MachineTarget } from "../exec/ports.ts";
 import type { HandshakePacer } from "./handshake-pacer.ts";
@@ -184,12 +184,6 @@ function attempt(
         client.once("ready", onReady);
         client.once("close", onClose);
         settings.signal?.addEventListener("abort", onAbort, { once: true });
-        if (target.password) {
-          const password = target.password;
-          client.on("keyboard-interactive", (_name, _instructions, _lang, prompts, finish) => {
-            finish(prompts.map(() => password));
-          });
-        }
 
         const config: ConnectConfig = {
           sock: socket,
@@ -197,7 +191,9 @@ function attempt(
           readyTimeout: settings.readyTimeoutMs,
           keepaliveInterval: settings.keepaliveIntervalMs,
           keepaliveCountMax: settings.keepaliveCountMax,
-          tryKeyboard: Boolean(target.password),
+          // Methods in order: the (pre-parsed) key, then the password, then
+          // keyboard-interactive answering every prompt with the password.
+          authHandler: authMethods(target, key),
           // Runs during key exchange, before any authentication request.
           hostVerifier: (blob: Buffer): boolean => {
             const fingerprint = fingerprintOf(blob);
@@ -210,8 +206,6 @@ function attempt(
             return true;
           },
         };
-        if (key) config.privateKey = key as unknown as string;
-        if (target.password) config.password = target.password;
         if (opts.keyType) config.algorithms = { serverHostKey: serverHostKeyAlgorithmsFor(opts.keyType) as never };
         if (opts.captureRemoteTypes) {
           const prefix = "Handshake: (remote) Host key format: ";
@@ -228,6 +222,24 @@ function attempt(
         }
       }),
   );
+}
+
+function authMethods(target: MachineTarget, key: ParsedKey | null): AuthMethod[] {
+  const username = target.username;
+  const methods: AnyAuthMethod[] = [];
+  if (key) methods.push({ type: "publickey", username, key: key as unknown as string });
+  const password = target.password;
+  if (password) {
+    methods.push({ type: "password", username, password });
+    methods.push({
+      type: "keyboard-interactive",
+      username,
+      prompt: (_name, _instructions, _lang, prompts, finish) => finish(prompts.map(() => password)),
+    });
+  }
+  if (methods.length === 0) methods.push({ type: "none", username });
+  // ssh2 accepts a parsed key here although the typings say string | Buffer.
+  return methods as AuthMethod[];
 }
 
 /** Connects, authenticates and verifies the host key; rejects with a `TargetError`. */

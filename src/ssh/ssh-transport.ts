@@ -68,6 +68,8 @@ interface Conn {
   /** Channels opened and not yet closed (for stats). */
   channels: number;
   cooldownUntil: number;
+  /** end() was called: takes no new channels and no longer counts as open. */
+  closing: boolean;
   closed: boolean;
   lastError: unknown;
   idleTimer: NodeJS.Timeout | null;
@@ -177,6 +179,7 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
   const closeConn = (conn: Conn): void => {
     if (conn.idleTimer) clearTimeout(conn.idleTimer);
     conn.idleTimer = null;
+    conn.closing = true;
     if (!conn.closed) {
       conn.client.end();
       // end() sends a disconnect; make sure the socket goes even if the peer is gone.
@@ -188,7 +191,7 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
   const bestConn = (pool: Pool, now: number): Conn | null => {
     let best: Conn | null = null;
     for (const c of pool.conns) {
-      if (c.closed || c.slots >= maxChannels || c.cooldownUntil > now) continue;
+      if (c.closed || c.closing || c.slots >= maxChannels || c.cooldownUntil > now) continue;
       if (best === null || c.slots < best.slots) best = c;
     }
     return best;
@@ -310,6 +313,7 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
           slots: 0,
           channels: 0,
           cooldownUntil: 0,
+          closing: false,
           closed: false,
           lastError: null,
           idleTimer: null,
@@ -343,7 +347,7 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
 
   const onConnectFailed = (pool: Pool, err: unknown): void => {
     pool.connecting--;
-    const openConns = [...pool.conns].filter((c) => !c.closed).length;
+    const openConns = [...pool.conns].filter((c) => !c.closed && !c.closing).length;
     if (openConns === 0 && pool.connecting === 0) {
       // Nobody can serve the waiters: they all fail with this reason.
       const mapped = toTargetError(err, errorContext(pool.target, "connect", readyTimeoutMs));
@@ -516,7 +520,7 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
   const lookupConnInfo = (target: MachineTarget): Conn | null => {
     const pool = pools.get(`${target.id}:${settingsHash(target)}`);
     if (!pool) return null;
-    for (const c of pool.conns) if (!c.closed) return c;
+    for (const c of pool.conns) if (!c.closed && !c.closing) return c;
     return null;
   };
 
@@ -558,9 +562,8 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
       let channels = 0;
       for (const pool of pools.values()) {
         for (const c of pool.conns) {
-          if (c.closed) continue;
-          connections++;
           channels += c.channels;
+          if (!c.closed && !c.closing) connections++;
         }
       }
       return { connections, channels };
