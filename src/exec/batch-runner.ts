@@ -69,11 +69,15 @@ export function summarize(batchId: string, commands: CommandRecord[]): BatchSumm
 export class BatchRunner {
   private readonly active = new Map<string, ActiveBatch>();
 
-  constructor(
-    private readonly engine: CommandEngine,
-    private readonly stores: Stores,
-    private readonly config: BatchConfig,
-  ) {}
+  private readonly engine: CommandEngine;
+  private readonly stores: Stores;
+  private readonly config: BatchConfig;
+
+  constructor(engine: CommandEngine, stores: Stores, config: BatchConfig) {
+    this.engine = engine;
+    this.stores = stores;
+    this.config = config;
+  }
 
   /** Validates, resolves machines and stores the batch and its queued commands. Nothing runs yet. */
   async prepare(input: BatchInput, requestedBy: string, sync: boolean): Promise<Prepared> {

@@ -88,7 +88,11 @@ export class CommandEngine {
   readonly bus = new OutputBus();
   private accepting = true;
 
-  constructor(private readonly deps: EngineDeps) {}
+  private readonly deps: EngineDeps;
+
+  constructor(deps: EngineDeps) {
+    this.deps = deps;
+  }
 
   get config(): EngineConfig {
     return this.deps.config;

@@ -62,7 +62,11 @@ export function validateLabels(labels: Record<string, string>, field = "labels")
 }
 
 export class MachineRegistry {
-  constructor(private readonly deps: RegistryDeps) {}
+  private readonly deps: RegistryDeps;
+
+  constructor(deps: RegistryDeps) {
+    this.deps = deps;
+  }
 
   private checkFields(input: MachineInput, creating: boolean): void {
     const need = (v: unknown, field: string) => {

@@ -46,12 +46,14 @@ export class OutputLog {
   private timer: NodeJS.Timeout | null = null;
   private failure: unknown = null;
 
-  private constructor(
-    private readonly store: CommandStore,
-    private readonly commandId: string,
-    counters: OutputCounters,
-    private readonly options: OutputLogOptions,
-  ) {
+  private readonly store: CommandStore;
+  private readonly commandId: string;
+  private readonly options: OutputLogOptions;
+
+  private constructor(store: CommandStore, commandId: string, counters: OutputCounters, options: OutputLogOptions) {
+    this.store = store;
+    this.commandId = commandId;
+    this.options = options;
     this.counters = { ...counters };
     this.headCap = Math.floor(options.capPerStream / 2);
     this.tailCap = options.capPerStream - this.headCap;

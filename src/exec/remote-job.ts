@@ -44,10 +44,13 @@ class MarkerSplitter {
   private buffer: Buffer = Buffer.alloc(0);
   private found = false;
   noise = "";
-  constructor(
-    private readonly nonce: string,
-    private readonly onHeader: (line: string) => void,
-  ) {}
+  private readonly nonce: string;
+  private readonly onHeader: (line: string) => void;
+
+  constructor(nonce: string, onHeader: (line: string) => void) {
+    this.nonce = nonce;
+    this.onHeader = onHeader;
+  }
 
   get seen(): boolean {
     return this.found;

@@ -1,0 +1,144 @@
+/**
+ * The service's configuration: every key read from the environment, with a
+ * default and a description, validated once at start. `docs` in the README
+ * mirrors this table.
+ */
+import path from "node:path";
+
+interface Spec<T> {
+  env: string;
+  description: string;
+  default: T;
+  parse: (raw: string, env: string) => T;
+}
+
+export class ConfigError extends Error {
+  constructor(env: string, message: string) {
+    super(`${env}: ${message}`);
+    this.name = "ConfigError";
+  }
+}
+
+const int =
+  (min: number, max: number) =>
+  (raw: string, env: string): number => {
+    const n = Number(raw);
+    if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
+      throw new ConfigError(env, `must be an integer from ${min} to ${max}`);
+    }
+    return n;
+  };
+const optionalInt =
+  (min: number, max: number) =>
+  (raw: string, env: string): number | null =>
+    raw.trim() === "" ? null : int(min, max)(raw, env);
+const str = (raw: string): string => raw;
+const optionalStr = (raw: string): string | null => (raw === "" ? null : raw);
+const bool = (raw: string, env: string): boolean => {
+  if (/^(1|true|yes|on)$/i.test(raw)) return true;
+  if (/^(0|false|no|off|)$/i.test(raw)) return false;
+  throw new ConfigError(env, "must be 1/0, true/false, yes/no or on/off");
+};
+
+const SPECS = {
+  port: { env: "PORT", description: "TCP port for HTTP/1.1, h2c (and TLS) on one socket", default: 8080, parse: int(0, 65535) },
+  host: { env: "HOST", description: "Address to bind", default: "127.0.0.1", parse: str },
+  dataDir: { env: "FLEETRUN_DATA_DIR", description: "Directory of the SQLite database and the admin token file", default: "./data", parse: str },
+  databaseUrl: {
+    env: "DATABASE_URL",
+    description: "postgres://… to use PostgreSQL; unset: SQLite file <data dir>/fleetrun.db",
+    default: null,
+    parse: optionalStr,
+  },
+  localMachine: {
+    env: "FLEETRUN_LOCAL_MACHINE",
+    description: "1 enables the built-in machine mach_local (runs commands on the service's own host as the service's user)",
+    default: false,
+    parse: bool,
+  },
+  adminToken: {
+    env: "FLEETRUN_ADMIN_TOKEN",
+    description: "Admin bearer token; unset: generated at first start into <data dir>/admin-token",
+    default: null,
+    parse: optionalStr,
+  },
+  defaultTimeoutMs: { env: "FLEETRUN_DEFAULT_TIMEOUT_MS", description: "Timeout of a command that gives none", default: 3_600_000, parse: int(1, 604_800_000) },
+  maxTimeoutMs: { env: "FLEETRUN_MAX_TIMEOUT_MS", description: "Largest timeout a request may ask for", default: 604_800_000, parse: int(1, 2_592_000_000) },
+  graceMs: { env: "FLEETRUN_KILL_GRACE_MS", description: "SIGTERM → SIGKILL delay on cancel and timeout", default: 5_000, parse: int(100, 600_000) },
+  outputCapPerStream: {
+    env: "FLEETRUN_OUTPUT_CAP_BYTES",
+    description: "Stored stdout and stderr per command, each (first and last half kept)",
+    default: 1_048_576,
+    parse: int(256, 1_073_741_824),
+  },
+  maxCommandBytes: { env: "FLEETRUN_MAX_COMMAND_BYTES", description: "Largest `command`", default: 1_048_576, parse: int(1, 16_777_216) },
+  maxEnvBytes: { env: "FLEETRUN_MAX_ENV_BYTES", description: "Largest `env`, names and values together", default: 262_144, parse: int(1, 16_777_216) },
+  bodyLimit: { env: "FLEETRUN_BODY_LIMIT_BYTES", description: "Largest request body (REST, Connect, gRPC message); larger is 413", default: 4_194_304, parse: int(1024, 268_435_456) },
+  shutdownGraceMs: {
+    env: "FLEETRUN_SHUTDOWN_GRACE_MS",
+    description: "On SIGTERM: how long waiting callers' commands may still run before they are cancelled",
+    default: 30_000,
+    parse: int(0, 3_600_000),
+  },
+  syncReattachWindowMs: {
+    env: "FLEETRUN_SYNC_REATTACH_MS",
+    description: "After a dropped connection, how long a command with a waiting caller keeps trying to re-attach",
+    default: 10_000,
+    parse: int(0, 3_600_000),
+  },
+  detachedReattachSlackMs: {
+    env: "FLEETRUN_DETACHED_REATTACH_SLACK_MS",
+    description: "How long past its timeout a detached command's re-attach attempts go on before it is `lost`",
+    default: 300_000,
+    parse: int(0, 86_400_000),
+  },
+  batchConcurrency: { env: "FLEETRUN_BATCH_CONCURRENCY", description: "Default max_concurrency of a batch", default: 50, parse: int(1, 10_000) },
+  batchMaxMachines: { env: "FLEETRUN_BATCH_MAX_MACHINES", description: "Largest batch", default: 5_000, parse: int(1, 100_000) },
+  batchOutputCap: {
+    env: "FLEETRUN_BATCH_OUTPUT_CAP_BYTES",
+    description: "stdout/stderr per machine in a batch response (the last bytes; full output at GET /v1/commands/{id})",
+    default: 65_536,
+    parse: int(0, 16_777_216),
+  },
+  retentionMaxAgeDays: {
+    env: "FLEETRUN_RETENTION_MAX_AGE_DAYS",
+    description: "Delete ended commands older than this many days; unset keeps them",
+    default: null,
+    parse: optionalInt(1, 36_500),
+  },
+  retentionMaxPerMachine: {
+    env: "FLEETRUN_RETENTION_MAX_PER_MACHINE",
+    description: "Keep at most this many ended commands per machine; unset keeps all",
+    default: null,
+    parse: optionalInt(1, 100_000_000),
+  },
+  retentionIntervalMs: { env: "FLEETRUN_RETENTION_INTERVAL_MS", description: "How often retention runs", default: 600_000, parse: int(1_000, 86_400_000) },
+  logLevel: { env: "FLEETRUN_LOG_LEVEL", description: "fatal, error, warn, info, debug, trace or silent", default: "info", parse: str },
+  tlsCert: { env: "FLEETRUN_TLS_CERT", description: "PEM certificate file; with FLEETRUN_TLS_KEY enables TLS (HTTP/2 and HTTP/1.1 by ALPN)", default: null, parse: optionalStr },
+  tlsKey: { env: "FLEETRUN_TLS_KEY", description: "PEM private key file of FLEETRUN_TLS_CERT", default: null, parse: optionalStr },
+} satisfies Record<string, Spec<unknown>>;
+
+type Specs = typeof SPECS;
+export type Config = { -readonly [K in keyof Specs]: ReturnType<Specs[K]["parse"]> };
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const out: Record<string, unknown> = {};
+  for (const [name, spec] of Object.entries(SPECS) as [string, Spec<unknown>][]) {
+    const raw = env[spec.env];
+    out[name] = raw === undefined ? spec.default : spec.parse(raw, spec.env);
+  }
+  const config = out as Config;
+  config.dataDir = path.resolve(config.dataDir);
+  if ((config.tlsCert === null) !== (config.tlsKey === null)) {
+    throw new ConfigError("FLEETRUN_TLS_CERT", "FLEETRUN_TLS_CERT and FLEETRUN_TLS_KEY go together");
+  }
+  if (!["fatal", "error", "warn", "info", "debug", "trace", "silent"].includes(config.logLevel)) {
+    throw new ConfigError("FLEETRUN_LOG_LEVEL", "must be fatal, error, warn, info, debug, trace or silent");
+  }
+  return config;
+}
+
+/** The table of keys, for `--help` and the README. */
+export function describeConfig(): { env: string; default: unknown; description: string }[] {
+  return Object.values(SPECS).map((s) => ({ env: s.env, default: s.default, description: s.description }));
+}
