@@ -311,6 +311,18 @@ for (const driver of drivers) {
         expect(await stores.commands.transition(c.id, ["running"], {})).toBe(false);
       });
 
+      it("lets exactly one of many concurrent transitions win", async () => {
+        const c = command("mach_race", { status: "running" });
+        await stores.commands.insert(c);
+        const ends: CommandStatus[] = ["completed", "cancelled", "timed_out", "lost", "failed", "completed", "lost", "cancelled"];
+        const results = await Promise.all(
+          ends.map((status) => stores.commands.transition(c.id, ["running"], { status })),
+        );
+        expect(results.filter(Boolean).length).toBe(1);
+        const winner = ends[results.indexOf(true)];
+        expect((await stores.commands.get(c.id))?.status).toBe(winner);
+      });
+
       it("stores output, drops a middle and reads from any offset", async () => {
         const c = command("mach_out", { status: "running" });
         await stores.commands.insert(c);
