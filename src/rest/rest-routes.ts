@@ -218,7 +218,8 @@ function abortOnClientGone(reply: FastifyReply): AbortSignal {
   if (res.destroyed) ac.abort();
   else {
     res.once("close", () => {
-      if (!res.writableFinished) ac.abort();
+      // Not `writableFinished`: HTTP/2 compatibility responses report it true on a reset stream.
+      if (!res.writableEnded) ac.abort();
     });
   }
   return ac.signal;

@@ -13,6 +13,7 @@
  * reader slows the producer instead of growing memory.
  */
 import type { ServerResponse } from "node:http";
+import type { Http2ServerResponse } from "node:http2";
 import type { Message } from "@bufbuild/protobuf";
 import type { RestError } from "./rest-errors.ts";
 
@@ -27,6 +28,22 @@ export interface SseAdapter {
    * call (e.g. sets `offset`). Throws `RestInputError` for a malformed value.
    */
   resume(request: Message, lastEventId: string): void;
+}
+
+/** An HTTP/1.1 or HTTP/2 (compatibility API) response. */
+export type HttpResponse = ServerResponse | Http2ServerResponse;
+
+/** What the writer uses of either response type. */
+interface Sink {
+  readonly destroyed?: boolean;
+  readonly writableEnded: boolean;
+  readonly writableNeedDrain?: boolean;
+  writeHead(status: number, headers: Record<string, string>): unknown;
+  flushHeaders?: () => void;
+  write(chunk: string): boolean;
+  end(): unknown;
+  on(event: "drain" | "close", listener: () => void): unknown;
+  off(event: "drain" | "close", listener: () => void): unknown;
 }
 
 export type StreamFormat = "ndjson" | "sse";
@@ -55,7 +72,7 @@ export function settle<T>(p: Promise<T>): Promise<Settled<T>> {
 }
 
 export interface PumpOptions {
-  readonly res: ServerResponse;
+  readonly res: HttpResponse;
   readonly format: StreamFormat;
   readonly iterator: AsyncIterator<Message>;
   /** The pending first `next()` of `iterator`. */
@@ -74,13 +91,15 @@ export interface PumpOptions {
 
 /** Sends the status line and headers, then every message, then ends the response. Never throws. */
 export async function pumpStream(o: PumpOptions): Promise<void> {
-  const { res } = o;
-  res.writeHead(200, {
+  const res = o.res as unknown as Sink;
+  const headers = {
     "content-type": o.format === "sse" ? sseContentType : ndjsonContentType,
     "cache-control": "no-cache",
     "x-accel-buffering": "no",
-  });
-  res.flushHeaders();
+  };
+  res.writeHead(200, headers);
+  // HTTP/1.1: send the headers now, not with the first frame.
+  res.flushHeaders?.();
   let pending = o.first;
   try {
     for (;;) {
@@ -90,20 +109,20 @@ export async function pumpStream(o: PumpOptions): Promise<void> {
         o.onStreamError?.(result.error);
         const { body } = o.toRestError(result.error);
         const json = JSON.stringify(body);
-        await write(res, o.format === "sse" ? `event: error\ndata: ${json}\n\n` : `${json}\n`);
+        await write(res, o.format === "sse" ? `event: error\ndata: ${json}\n\n` : `${json}\n`, o.clientGone);
         return;
       }
       if (result.value.done === true) return;
-      if (!(await write(res, frame(o, result.value.value)))) return;
+      if (!(await write(res, frame(o, result.value.value), o.clientGone))) return;
       pending = settle(o.iterator.next());
     }
   } catch (err) {
     // Rendering failed (a bug, not the client's fault): end the stream with an error frame.
     o.onStreamError?.(err);
     const json = JSON.stringify({ error: { code: "internal", message: "internal error" } });
-    await write(res, o.format === "sse" ? `event: error\ndata: ${json}\n\n` : `${json}\n`);
+    await write(res, o.format === "sse" ? `event: error\ndata: ${json}\n\n` : `${json}\n`, o.clientGone);
   } finally {
-    if (!res.destroyed && !res.writableEnded) res.end();
+    if (res.destroyed !== true && !res.writableEnded) res.end();
   }
 }
 
@@ -131,21 +150,24 @@ async function waitWithKeepalive<T>(o: PumpOptions, pending: Promise<Settled<T>>
     clearTimeout(timer);
     if (r !== undefined) return r;
     // Skip the comment while the socket is still full: the reader is not idle, just slow.
-    if (!o.res.destroyed && !o.res.writableNeedDrain) o.res.write(": keepalive\n\n");
+    const res = o.res as unknown as Sink;
+    if (res.destroyed !== true && res.writableNeedDrain !== true) res.write(": keepalive\n\n");
   }
 }
 
 /** Writes; when the buffer is full waits for 'drain' (or 'close'). False once the response is gone. */
-function write(res: ServerResponse, text: string): Promise<boolean> {
-  if (res.destroyed || res.writableEnded) return Promise.resolve(false);
+function write(res: Sink, text: string, gone: AbortSignal): Promise<boolean> {
+  if (gone.aborted || res.destroyed === true || res.writableEnded) return Promise.resolve(false);
   if (res.write(text)) return Promise.resolve(true);
   return new Promise((resolve) => {
     const done = (): void => {
       res.off("drain", done);
       res.off("close", done);
-      resolve(!res.destroyed);
+      gone.removeEventListener("abort", done);
+      resolve(!gone.aborted && res.destroyed !== true);
     };
     res.on("drain", done);
     res.on("close", done);
+    gone.addEventListener("abort", done);
   });
 }

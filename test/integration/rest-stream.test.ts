@@ -5,6 +5,7 @@
  * access_token, abort on disconnect and backpressure.
  */
 import { request as httpRequest } from "node:http";
+import { connect as http2Connect, constants as h2constants } from "node:http2";
 import type { IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
 import { create } from "@bufbuild/protobuf";
@@ -311,5 +312,48 @@ describe("connection handling", () => {
     await waitFor(() => floodProduced > stalledAt + 100);
     req.destroy();
     await waitFor(() => aborted.has("cmd_flood"));
+  });
+});
+
+describe("HTTP/2 (h2c)", () => {
+  let h2app: FastifyInstance;
+  let h2base: string;
+
+  beforeAll(async () => {
+    h2app = Fastify({ http2: true });
+    registerRestRoutes(h2app, { services: [CommandService], transport, sseKeepaliveMs: KEEPALIVE_MS });
+    await h2app.listen({ host: "127.0.0.1", port: 0 });
+    h2base = `http://127.0.0.1:${(h2app.server.address() as AddressInfo).port}`;
+  });
+
+  afterAll(async () => {
+    await h2app.close();
+  });
+
+  it("streams NDJSON, and a cancelled stream aborts the call", async () => {
+    const session = http2Connect(h2base);
+    session.on("error", () => {});
+    try {
+      const done = session.request({ ":path": "/v1/commands/cmd_done/stream" });
+      let status = 0;
+      done.on("response", (h) => (status = Number(h[":status"])));
+      let text = "";
+      done.setEncoding("utf8");
+      done.on("data", (c: string) => (text += c));
+      await new Promise((resolve) => done.on("end", resolve));
+      expect(status).toBe(200);
+      expect(text.trim().split("\n").map((l) => Object.keys(JSON.parse(l).data)[0])).toEqual(["output", "output", "end"]);
+
+      aborted.delete("cmd_live");
+      const live = session.request({ ":path": "/v1/commands/cmd_live/stream", accept: "text/event-stream" });
+      live.setEncoding("utf8");
+      live.on("error", () => {});
+      const first = await new Promise<string>((resolve) => live.once("data", resolve));
+      expect(first).toContain("event: output");
+      live.close(h2constants.NGHTTP2_CANCEL);
+      await waitFor(() => aborted.has("cmd_live"));
+    } finally {
+      session.close();
+    }
   });
 });
