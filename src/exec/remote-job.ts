@@ -111,10 +111,12 @@ async function runScript(
   script: string,
   sink: OutputSink | null,
   signal?: AbortSignal,
+  onHeader?: (h: Header) => void,
 ): Promise<ScriptRun> {
   let header: Header | null = null;
   const out = new MarkerSplitter(nonce, (line) => {
     header = parseHeader(nonce, line);
+    if (header) onHeader?.(header);
   });
   const err = new MarkerSplitter(nonce, () => {});
   let proc: RemoteProcess;
@@ -167,20 +169,10 @@ export async function runJob(
   signal?: AbortSignal,
 ): Promise<JobEnd> {
   const nonce = newNonce();
-  let started = false;
-  const guarded: OutputSink = async (stream, data) => {
-    if (!started) {
-      started = true;
-      onStarted();
-    }
-    await sink(stream, data);
-  };
-  const run = await runScript(transport, target, nonce, startScript({ ...spec, nonce }), guarded, signal);
+  const run = await runScript(transport, target, nonce, startScript({ ...spec, nonce }), sink, signal, (h) => {
+    if (h.kind === "started") onStarted();
+  });
   const h = run.header as Header | null;
-  if (h?.kind === "started" && !started) {
-    started = true;
-    onStarted();
-  }
   if (!h) {
     // The script may have run before the connection dropped: re-attaching tells.
     if (run.lost) return { kind: "disconnected", error: run.lost };
