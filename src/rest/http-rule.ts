@@ -2,9 +2,9 @@
  * Reads the `google.api.http` annotations (and `fleetrun.v1.http_success_code`)
  * of a service into route bindings.
  *
- * Supported path templates: literal segments, variables `{field}` /
- * `{a.b}` / `{field=*}` (one segment each) and a trailing `:verb`.
- * Multi-segment variables (`**`, `{name=a/*}`) are rejected at setup.
+ * Supported path templates: literal segments and variables `{field}` /
+ * `{a.b}` / `{field=*}` (one segment each). Multi-segment variables (`**`,
+ * `{name=a/*}`) and custom verbs (`:cancel`) are rejected at setup.
  */
 import { getOption } from "@bufbuild/protobuf";
 import type { DescMethod, DescService } from "@bufbuild/protobuf";
@@ -96,12 +96,11 @@ function checkField(method: DescMethod, fieldPath: string, where: string): void 
 /** Turns `/v1/commands/{id}/stream` into `/v1/commands/:p0/stream`. */
 export function parseTemplate(template: string, where = template): { url: string; pathVariables: PathVariable[] } {
   if (!template.startsWith("/")) throw new Error(`${where}: a path template starts with "/"`);
-  // A trailing `:verb` follows the last variable or literal of the last segment.
-  const lastSlash = template.lastIndexOf("/");
-  const lastSegment = template.slice(lastSlash);
-  const colon = lastSegment.indexOf(":", lastSegment.lastIndexOf("}") + 1);
-  const rest = colon === -1 ? template : template.slice(0, lastSlash + colon);
-  const verb = colon === -1 ? "" : lastSegment.slice(colon + 1);
+  // A trailing `:verb` (`/v1/things/{id}:cancel`) is not supported: fastify's
+  // router cannot end a parameter at a literal colon.
+  const lastSegment = template.slice(template.lastIndexOf("/"));
+  if (lastSegment.indexOf(":", lastSegment.lastIndexOf("}") + 1) !== -1) throw new Error(`${where}: custom verbs (":verb") are not supported`);
+  const rest = template;
   const pathVariables: PathVariable[] = [];
   const segments = rest.slice(1).split("/").map((seg) => {
     const m = /^\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)(?:=\*)?\}$/.exec(seg);
@@ -113,7 +112,6 @@ export function parseTemplate(template: string, where = template): { url: string
     if (seg === "" || /[{}*:]/.test(seg)) throw new Error(`${where}: unsupported path segment ${JSON.stringify(seg)}`);
     return seg;
   });
-  if (verb !== "" && !/^[A-Za-z0-9_.~-]+$/.test(verb)) throw new Error(`${where}: unsupported verb ${JSON.stringify(verb)}`);
-  const url = "/" + segments.join("/") + (verb === "" ? "" : `::${verb}`);
+  const url = "/" + segments.join("/");
   return { url, pathVariables };
 }

@@ -26,7 +26,7 @@ import type { DescService, Message } from "@bufbuild/protobuf";
 import { reflect } from "@bufbuild/protobuf/reflect";
 import { createClient } from "@connectrpc/connect";
 import type { Transport } from "@connectrpc/connect";
-import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest, RawServerBase, RawServerDefault } from "fastify";
 import { defaultStreamEvents } from "./command-sse.ts";
 import { restBindings } from "./http-rule.ts";
 import type { RestBinding } from "./http-rule.ts";
@@ -80,7 +80,7 @@ type AnyClient = Record<string, (input: Message, options: object) => unknown>;
  * The routes live in their own encapsulated plugin (own body parser and error
  * handler), so they do not affect other routes of `app`.
  */
-export function registerRestRoutes(app: FastifyInstance, opts: RestOptions): void {
+export function registerRestRoutes<Server extends RawServerBase = RawServerDefault>(app: FastifyInstance<Server>, opts: RestOptions): void {
   const bodyLimit = opts.bodyLimit ?? DEFAULT_BODY_LIMIT;
   const keepaliveMs = opts.sseKeepaliveMs ?? DEFAULT_KEEPALIVE_MS;
   const streamEvents = opts.streamEvents ?? defaultStreamEvents;
@@ -90,7 +90,9 @@ export function registerRestRoutes(app: FastifyInstance, opts: RestOptions): voi
   const prefix = commonFirstSegment(bindings.map((b) => b.url));
 
   app.register(
-    async (scope) => {
+    async (instance) => {
+      // Handlers only use what HTTP/1.1 and HTTP/2 compatibility objects share.
+      const scope = instance as unknown as FastifyInstance;
       // Our own parsers: bodies arrive as raw bytes and are decoded per rule, so
       // a JSON error never echoes the body and an empty body means `{}`.
       scope.removeAllContentTypeParsers();

@@ -6,6 +6,7 @@
  */
 import { request as httpRequest } from "node:http";
 import { connect as http2Connect, constants as h2constants } from "node:http2";
+import type { Http2Server } from "node:http2";
 import type { IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
 import { create } from "@bufbuild/protobuf";
@@ -316,7 +317,7 @@ describe("connection handling", () => {
 });
 
 describe("HTTP/2 (h2c)", () => {
-  let h2app: FastifyInstance;
+  let h2app: FastifyInstance<Http2Server>;
   let h2base: string;
 
   beforeAll(async () => {

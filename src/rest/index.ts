@@ -1,0 +1,10 @@
+export { registerRestRoutes, describeRestRoutes, accessTokenParameter } from "./rest-routes.ts";
+export type { RestOptions } from "./rest-routes.ts";
+export type { SseAdapter, StreamFormat } from "./stream-response.ts";
+export { commandEventSseAdapter, defaultStreamEvents } from "./command-sse.ts";
+export { restLoggerSerializers, redactUrl, secretQueryParameters } from "./log-serializers.ts";
+export { codeNames, errorBody, errorFieldHeader, httpStatusOfCode, restErrorFrom } from "./rest-errors.ts";
+export type { RestError, RestErrorBody } from "./rest-errors.ts";
+export { decodeMessage, encodeMessage, RestInputError } from "./json-codec.ts";
+export { restBindings } from "./http-rule.ts";
+export type { RestBinding } from "./http-rule.ts";
