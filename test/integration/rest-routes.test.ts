@@ -22,6 +22,7 @@ import {
 import type { BatchRequest, ExecuteRequest, ListMachineCommandsRequest } from "../../src/gen/fleetrun/v1/command_pb.js";
 import { MachineSchema, MachineService } from "../../src/gen/fleetrun/v1/machine_pb.js";
 import type { DeleteMachineRequest, UpdateMachineRequest } from "../../src/gen/fleetrun/v1/machine_pb.js";
+import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import { registerRestRoutes } from "../../src/rest/rest-routes.ts";
 
 const BODY_LIMIT = 4096;
@@ -451,6 +452,36 @@ describe("lifecycle", () => {
     expect(logs.some((l) => l.includes("incoming request"))).toBe(true);
     expect(logs.join("\n")).not.toContain("zzz-");
     expect(logs.some((l) => l.includes("access_token=[REDACTED]"))).toBe(true);
+  });
+});
+
+describe("next to other routes", () => {
+  it("leaves the Connect plugin, root routes and the app's 404 alone", async () => {
+    const other = Fastify();
+    await other.register(fastifyConnectPlugin, {
+      routes: (router) => router.service(CommandService, { getCommand: (req) => ({ id: req.id, command: "via connect" }) }),
+    });
+    other.get("/healthz", async () => ({ ok: true }));
+    registerRestRoutes(other, { services: [CommandService], transport });
+    await other.listen({ host: "127.0.0.1", port: 0 });
+    const url = `http://127.0.0.1:${(other.server.address() as AddressInfo).port}`;
+    try {
+      const connect = await fetch(`${url}/fleetrun.v1.CommandService/GetCommand`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ id: "c1" }),
+      });
+      expect(connect.status).toBe(200);
+      expect(await connect.json()).toMatchObject({ id: "c1", command: "via connect" });
+      expect(await (await fetch(`${url}/healthz`)).json()).toEqual({ ok: true });
+      const rest = await fetch(`${url}/v1/commands/cmd_xyz789`);
+      expect(((await rest.json()) as { data: { id: string } }).data.id).toBe("cmd_xyz789");
+      const outside = await fetch(`${url}/elsewhere`);
+      expect(outside.status).toBe(404);
+      expect(await outside.json()).not.toHaveProperty("error.code");
+    } finally {
+      await other.close();
+    }
   });
 });
 
