@@ -206,7 +206,7 @@ describe("ssh transport against OpenSSH", () => {
 
   it("30 concurrent execs on one machine all succeed (pool, channel limit, retries)", async () => {
     const t = newTransport();
-    const target = machine(6, { id: "mach_sshit_fanin" });
+    const target = machine(6, { id: "mach_sshit_fanin", username: fleet.users.login });
     let peakChannels = 0;
     const results = await Promise.all(
       Array.from({ length: 30 }, async (_, i) => {
@@ -226,7 +226,8 @@ describe("ssh transport against OpenSSH", () => {
 
   it("TCP_NODELAY: sequential execs on a pooled connection take a few ms, not a delayed-ACK stall", async () => {
     const t = newTransport();
-    const target = machine(7, { id: "mach_sshit_latency" });
+    // The login user: root's shell rc files on some hosts cost far more than the transport.
+    const target = machine(7, { id: "mach_sshit_latency", username: fleet.users.login });
     await run(t, target, "true"); // connect once
     const times: number[] = [];
     for (let i = 0; i < 20; i++) {
@@ -239,35 +240,43 @@ describe("ssh transport against OpenSSH", () => {
     times.sort((a, b) => a - b);
     const median = ((times[9] ?? 0) + (times[10] ?? 0)) / 2;
     // With Nagle on, each exec waits ~40 ms for a delayed ACK.
-    expect(median).toBeLessThan(30);
+    expect(median).toBeLessThan(20);
   });
 
   it("100 MB read slowly keeps memory bounded (backpressure reaches the remote side)", async () => {
     const t = newTransport();
     const total = 100 * 1024 * 1024;
-    const proc = await t.exec(machine(8, { id: "mach_sshit_bulk" }), `head -c ${total} /dev/zero; echo tail >&2`);
+    const proc = await t.exec(
+      machine(8, { id: "mach_sshit_bulk", username: fleet.users.login }),
+      `head -c ${total} /dev/zero; echo tail >&2`,
+    );
     const baseline = process.memoryUsage().rss;
     let peak = baseline;
     const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
     let received = 0;
-    let chunks = 0;
+    let receivedWhenRemoteFinished = -1;
+    // `tail` is written to stderr only after `head` wrote its last byte.
+    proc.stderr.on("data", () => {
+      if (receivedWhenRemoteFinished < 0) receivedWhenRemoteFinished = received;
+    });
     const slow = new Writable({
       highWaterMark: 64 * 1024,
       write(chunk: Buffer, _enc, cb) {
         received += chunk.length;
-        // A deliberately slow consumer: yield to the event loop, rest every 32 chunks.
-        if (++chunks % 32 === 0) setTimeout(cb, 1);
-        else setImmediate(cb);
+        // A deliberately slow consumer (~30 MB/s), slower than the remote side.
+        setTimeout(cb, 1);
       },
     });
-    const stderr = readAllStream(proc.stderr);
     await pipeline(proc.stdout, slow);
     clearInterval(sampler);
     expect(received).toBe(total);
-    expect(await stderr).toBe("tail\n");
     expect(await proc.done).toEqual({ code: 0, signal: null });
-    // Without backpressure the 100 MB would pile up in memory.
-    expect((peak - baseline) / (1024 * 1024)).toBeLessThan(48);
+    // The remote side could only finish once the consumer had nearly caught up:
+    // what was in flight is bounded by the SSH window and stream buffers (~2 MB measured).
+    expect(receivedWhenRemoteFinished).toBeGreaterThan(total - 16 * 1024 * 1024);
+    // Without backpressure the 100 MB would pile up in memory; what grows is
+    // garbage not yet collected (about 50 MiB measured).
+    expect((peak - baseline) / (1024 * 1024)).toBeLessThan(80);
   });
 
   it("stats() counts open channels and returns to 0", async () => {
@@ -285,9 +294,3 @@ describe("ssh transport against OpenSSH", () => {
     expect(t.stats().connections).toBe(0);
   });
 });
-
-async function readAllStream(s: NodeJS.ReadableStream): Promise<string> {
-  const parts: Buffer[] = [];
-  for await (const chunk of s) parts.push(Buffer.from(chunk as Buffer));
-  return Buffer.concat(parts).toString("utf8");
-}
