@@ -29,6 +29,8 @@ async function main(): Promise<void> {
   const tls = config.tlsCert && config.tlsKey ? { cert: fs.readFileSync(config.tlsCert), key: fs.readFileSync(config.tlsKey) } : undefined;
   const app = buildApp({ config, stores, ssh, local, adminToken: admin.token, logger: loggerOptions(config.logLevel), tls });
   const log = app.fastify.log;
+  // A bug in a background task must not take every running command down with it.
+  process.on("unhandledRejection", (err) => log.error({ err }, "unhandled rejection"));
 
   const recovered = await app.engine.recover();
   if (recovered.reattached + recovered.settled > 0) log.info(recovered, "recovered commands of the previous run");

@@ -23,7 +23,7 @@ import {
   type Stores,
   type Transport,
 } from "./ports.ts";
-import { attachJob, cancelJob, runJob, type JobEnd } from "./remote-job.ts";
+import { attachJob, cancelJob, cleanupJob, runJob, type JobEnd } from "./remote-job.ts";
 import { jobDirFor } from "./remote-script.ts";
 import { signalName } from "./signals.ts";
 import { validateExecOptions, type ExecLimits, type ExecuteInput, type ValidExecute } from "./validate.ts";
@@ -228,7 +228,7 @@ export class CommandEngine {
     run.finished = this.drive(run, env)
       .catch(async (err: unknown) => {
         this.deps.observer?.warn?.("command engine error", { command_id: record.id, error: String(err) });
-        return this.finish(run, "lost", { errorCode: "internal", errorMessage: "internal error while running the command" });
+        return this.finish(run, "lost", { errorCode: "internal", errorMessage: "internal error while running the command" }).catch(() => run.record);
       })
       .finally(() => {
         this.runs.delete(record.id);
@@ -395,6 +395,10 @@ export class CommandEngine {
     }
     Object.assign(run.record, full);
     this.deps.observer?.commandEnded?.(run.record);
+    if (run.record.runner && run.remoteStarted && status !== "lost") {
+      // The outcome is stored: the job's files on the target can go.
+      cleanupJob(this.transportFor(run.target), run.target, run.record.runner.jobDir).catch(() => {});
+    }
     return { ...run.record };
   }
 
@@ -558,7 +562,9 @@ export class CommandEngine {
         .then((end) => this.conclude(fake, end))
         .catch(async (err: unknown) => {
           this.deps.observer?.warn?.("re-attach failed", { command_id: record.id, error: String(err) });
-          return this.finish(fake, "lost", { errorCode: "connection_lost", errorMessage: "could not re-attach after a restart" });
+          return this.finish(fake, "lost", { errorCode: "connection_lost", errorMessage: "could not re-attach after a restart" }).catch(
+            () => fake.record,
+          );
         })
         .finally(() => {
           this.runs.delete(record.id);

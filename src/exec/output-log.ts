@@ -54,7 +54,13 @@ export class OutputLog {
     this.store = store;
     this.commandId = commandId;
     this.options = options;
-    this.counters = { ...counters };
+    this.counters = {
+      stdoutBytes: counters.stdoutBytes,
+      stderrBytes: counters.stderrBytes,
+      logBytes: counters.logBytes,
+      stdoutTruncated: counters.stdoutTruncated,
+      stderrTruncated: counters.stderrTruncated,
+    };
     this.headCap = Math.floor(options.capPerStream / 2);
     this.tailCap = options.capPerStream - this.headCap;
     this.maxChunk = Math.max(64, Math.min(64 * 1024, Math.floor(this.tailCap / 4)));

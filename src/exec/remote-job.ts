@@ -9,6 +9,7 @@ import {
   SCRIPT_COMMAND_LINE,
   attachScript,
   cancelScript,
+  cleanupScript,
   collectScript,
   newNonce,
   parseHeader,
@@ -203,6 +204,12 @@ export async function attachJob(
   if (!h) return { kind: "disconnected", error: new TargetError("spawn_failed", run.stderrText || "no answer from the target", target.id) };
   if (h.kind === "gone") return { kind: "gone" };
   return collectJob(transport, target, jobDir);
+}
+
+/** Removes an ended job from its target. */
+export async function cleanupJob(transport: Transport, target: MachineTarget, jobDir: string): Promise<void> {
+  const nonce = newNonce();
+  await runScript(transport, target, nonce, cleanupScript(nonce, jobDir), null);
 }
 
 /** Sends SIGTERM to the job's process group (SIGKILL follows after `graceMs`). */

@@ -214,7 +214,8 @@ ${FOLLOW}
 }
 
 /**
- * Reads how a job ended and removes it once it has. Header:
+ * Reads how a job ended (the job stays until `cleanupScript`, run once the
+ * outcome is stored, so a crash in between loses nothing). Header:
  * `<nonce> status <wait status|running|dead> [timedout] [cancelled]`, or
  * `<nonce> gone`. `dead` means the supervisor died without recording a status.
  */
@@ -235,7 +236,18 @@ m=
 [ -e "$J/timedout" ] && m="$m timedout"
 [ -e "$J/cancelled" ] && m="$m cancelled"
 hdr status "$st$m"
-case "$st" in running) ;; *) rm -rf "$J" ;; esac
+}
+`;
+}
+
+/** Removes a job that has ended. Header: `<nonce> done`. */
+export function cleanupScript(nonce: string, jobDir: string): string {
+  return `{
+N=${q(nonce)}
+J="$HOME"/${q(jobDir)}
+${HEADER_FN}
+if [ -e "$J/status" ] || { [ -d "$J" ] && flock -n "$J/lock" true 2>/dev/null; }; then rm -rf "$J"; fi
+hdr done
 }
 `;
 }
