@@ -96,6 +96,11 @@ if ! native_ok; then
   fi
 fi
 
+# `--app-only`: just what running the service needs (steps 1 and 2).
+if [ "${1:-}" = "--app-only" ]; then
+  exit 0
+fi
+
 # Everything below changes the machine, which needs root.
 if ! is_root; then
   if [ -x /usr/sbin/sshd ] && id frtest >/dev/null 2>&1 && [ -s .cache/frtest-password ]; then
