@@ -1,0 +1,126 @@
+/**
+ * `npm run bench`: fleetrun side by side with bare ssh2, parallel-ssh,
+ * Ansible and OpenSSH on one loopback fleet of real sshd processes, plus
+ * sequential latency and history paging. See bench/README.md.
+ *
+ * Environment: BENCH_MACHINES (200), BENCH_RUNS (3), BENCH_USER (frtest;
+ * or root), BENCH_SKIP (comma list of: login, fanout, latency, history,
+ * history-sqlite, history-postgres, fleetrun, ssh2, pssh, openssh,
+ * openssh-curve, ansible), BENCH_HISTORY_ROWS (1000000), BENCH_PROFILE=1
+ * (CPU profile of one extra cold fleetrun run).
+ */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { startSshFleet } from "../test/fixtures/sshd.ts";
+import { installSignalHandlers, onCleanup, runCleanups } from "./lib/cleanup.ts";
+import { formatSection } from "./lib/report.ts";
+import { ROOT } from "./lib/service.ts";
+import { ensureTools, versionOf, writeToolFiles } from "./lib/tools.ts";
+import type { SectionResult } from "./lib/types.ts";
+import { runFanout } from "./sections/fanout.ts";
+import { runHistory } from "./sections/history.ts";
+import { runLatency } from "./sections/latency.ts";
+import { runLoginShell } from "./sections/login-shell.ts";
+
+const TOKEN = "bench-admin-token-0123456789abcdef";
+
+function intEnv(name: string, def: number, min: number, max: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw.trim() === "") return def;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be an integer from ${min} to ${max}, got ${raw}`);
+  return n;
+}
+
+function log(line: string): void {
+  process.stderr.write(line + "\n");
+}
+
+async function main(): Promise<void> {
+  installSignalHandlers();
+  const machines = intEnv("BENCH_MACHINES", 200, 1, 240);
+  const runs = intEnv("BENCH_RUNS", 3, 1, 50);
+  const historyRows = intEnv("BENCH_HISTORY_ROWS", 1_000_000, 1_000, 20_000_000);
+  const skip = new Set((process.env.BENCH_SKIP ?? "").split(",").map((s) => s.trim()).filter(Boolean));
+  const enabled = (name: string) => !skip.has(name);
+  const profile = process.env.BENCH_PROFILE === "1";
+  const user = process.env.BENCH_USER ?? "frtest";
+  if (user !== "frtest" && user !== "root") throw new Error(`BENCH_USER must be frtest or root (the fleet authorizes its key for those), got ${user}`);
+
+  const work = mkdtempSync(path.join(os.tmpdir(), "fleetrun-bench-"));
+  onCleanup("bench temp dir", () => rmSync(work, { recursive: true, force: true }));
+  const resultsDir = path.join(ROOT, "bench/results");
+  mkdirSync(resultsDir, { recursive: true });
+
+  const installed = enabled("fanout") ? ensureTools(log) : [];
+  const env = {
+    date: new Date().toISOString(),
+    cpus: os.cpus().length,
+    cpuModel: os.cpus()[0]?.model ?? "",
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+    kernel: os.release(),
+    node: process.version,
+    openssh: versionOf(["ssh", "-V"]),
+    parallelSsh: versionOf(["parallel-ssh", "--version"]),
+    ansible: versionOf(["ansible", "--version"]),
+    installedByBench: installed,
+  };
+  log(`fleetrun bench: ${machines} machines as ${user}, ${runs} runs, ${env.cpus} CPUs, Node ${env.node}, ${env.openssh}`);
+
+  const sections: { key: string; result: SectionResult; baseline?: string }[] = [];
+  const needFleet = enabled("login") || enabled("fanout") || enabled("latency");
+  // The fleet is only needed by the first two sections; history runs after it is stopped.
+  if (needFleet) {
+    log(`starting ${machines} loopback sshd machines…`);
+    const fleet = await startSshFleet({ count: machines, maxStartups: "1000:30:2000", maxSessions: 64 });
+    const stopFleet = onCleanup("ssh fleet", () => fleet.stop());
+    log(`fleet up: ${fleet.addresses[0]} … ${fleet.addresses.at(-1)} port ${fleet.port}`);
+    const files = writeToolFiles(work, fleet, user);
+
+    if (enabled("login")) {
+      log("target check: SSH session cost per login user…");
+      const result = await runLoginShell({ fleet, users: ["frtest", "root"], benchUser: user, log });
+      sections.push({ key: "login", result });
+      process.stdout.write(formatSection(result) + "\n");
+    }
+
+    if (enabled("fanout")) {
+      const profileDir = profile ? path.join(resultsDir, "profiles") : null;
+      if (profileDir) mkdirSync(profileDir, { recursive: true });
+      const dataDir = path.join(work, "fanout-data");
+      const result = await runFanout({ fleet, files, runs, user, dataDir, token: TOKEN, profileDir, log, enabled });
+      sections.push({ key: "fanout", result, baseline: "bare ssh2 fan-out" });
+      process.stdout.write(formatSection(result, "bare ssh2 fan-out") + "\n");
+    }
+    if (enabled("latency")) {
+      log("sequential latency…");
+      const result = await runLatency({ fleet, files, user, dataDir: path.join(work, "latency-data"), token: TOKEN, count: 50, log });
+      sections.push({ key: "latency", result, baseline: "ssh2 exec (pooled)" });
+      process.stdout.write(formatSection(result, "ssh2 exec (pooled)") + "\n");
+    }
+    await stopFleet();
+  }
+
+  if (enabled("history")) {
+    const result = await runHistory({ rows: historyRows, count: 50, log, enabled });
+    sections.push({ key: "history", result });
+    process.stdout.write(formatSection(result) + "\n");
+  }
+
+  const json = {
+    environment: env,
+    options: { machines, runs, user, historyRows, profile, skip: [...skip] },
+    sections: Object.fromEntries(sections.map((s) => [s.key, s.result])),
+  };
+  const file = path.join(resultsDir, "latest.json");
+  writeFileSync(file, JSON.stringify(json, null, 2) + "\n");
+  log(`\nresults written to ${path.relative(ROOT, file)}`);
+}
+
+main()
+  .catch((err: unknown) => {
+    process.stderr.write(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = 1;
+  })
+  .finally(() => runCleanups());
