@@ -17,7 +17,7 @@ import {
   type StartBatchResponse,
 } from "../gen/fleetrun/v1/command_pb.js";
 import { summarize, type BatchInput, type BatchRunner, type BatchSummary } from "../exec/batch-runner.ts";
-import type { CommandEngine } from "../exec/command-engine.ts";
+import type { CommandEngine, CommandView } from "../exec/command-engine.ts";
 import { InvalidArgumentError } from "../exec/errors.ts";
 import type { Principal } from "./auth.ts";
 import { toSafeNumber } from "./command-service.ts";
@@ -52,6 +52,63 @@ export function batchInput(req: BatchRequest): BatchInput {
   };
 }
 
+/**
+ * Bytes a unary batch response aims to stay under: grpc-js and most gRPC
+ * clients refuse messages over 4 MiB by default, so a big batch must not
+ * produce one just by printing (200 machines × 30 KiB is already 6 MiB).
+ */
+export const BATCH_RESPONSE_BUDGET = 3.5 * 1024 * 1024;
+/** Room each machine's entry needs besides its command text and output (ids, timestamps, counters, error). */
+const ENTRY_OVERHEAD = 512;
+
+/**
+ * The output bytes (stdout and stderr together) each machine may show in a
+ * unary batch response of `machines` entries running `command`: the
+ * configured per-stream cap, lowered so the whole response fits
+ * BATCH_RESPONSE_BUDGET.
+ */
+export function perMachineOutputBudget(machines: number, command: string, outputCap: number): number {
+  const fixed = machines * (ENTRY_OVERHEAD + Buffer.byteLength(command));
+  const share = Math.floor(Math.max(0, BATCH_RESPONSE_BUDGET - fixed) / Math.max(1, machines));
+  return Math.min(2 * outputCap, share);
+}
+
+/** The last `n` bytes of `b`, and whether anything was cut. */
+function tail(b: Buffer, n: number): [Buffer, boolean] {
+  return b.length > n ? [b.subarray(b.length - n), true] : [b, false];
+}
+
+/**
+ * A command for a unary batch response: each stream capped at `outputCap`
+ * (the last bytes kept), both together at `budget`; a stream shorter than
+ * half the budget leaves the rest to the other. Cut streams are flagged
+ * truncated; the full output stays at GetCommand.
+ */
+export function cappedForBatch(view: CommandView, outputCap: number, budget: number): Command {
+  const outLen = Math.min(view.stdout.length, outputCap);
+  const errLen = Math.min(view.stderr.length, outputCap);
+  let outCap = outLen;
+  let errCap = errLen;
+  if (outLen + errLen > budget) {
+    const half = Math.floor(budget / 2);
+    if (errLen <= half) outCap = budget - errLen;
+    else if (outLen <= half) errCap = budget - outLen;
+    else {
+      outCap = half;
+      errCap = budget - half;
+    }
+  }
+  const [stdout, outCut] = tail(view.stdout, outCap);
+  const [stderr, errCut] = tail(view.stderr, errCap);
+  return commandToProto({
+    ...view,
+    stdout,
+    stderr,
+    stdoutTruncated: view.stdoutTruncated || outCut,
+    stderrTruncated: view.stderrTruncated || errCut,
+  });
+}
+
 function meta(s: BatchSummary) {
   return create(BatchMetaSchema, { batchId: s.batchId, succeeded: s.succeeded, failed: s.failed, skipped: s.skipped });
 }
@@ -70,9 +127,9 @@ export function batchHandlers(runner: BatchRunner, engine: CommandEngine, output
       const prepared = await runner.prepare(batchInput(req), p.name, true);
       const summary = await runner.run(prepared, undefined, signal);
       const data: Record<string, Command> = {};
+      const budget = perMachineOutputBudget(prepared.records.length, prepared.batch.command, outputCap);
       for (const rec of prepared.records) {
-        const view = await engine.get(rec.id);
-        data[rec.machineId] = commandToProto(view, outputCap);
+        data[rec.machineId] = cappedForBatch(await engine.get(rec.id), outputCap, budget);
       }
       return create(BatchResponseSchema, { data, meta: meta(summary) });
     },
