@@ -160,7 +160,9 @@ export class BatchRunner {
     const onAbort = () => {
       state.cancel().catch(() => {});
     };
-    signal?.addEventListener("abort", onAbort, { once: true });
+    // A caller that hung up while the batch was being prepared launches nothing.
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener("abort", onAbort, { once: true });
     try {
       while (next < p.records.length || running.size > 0) {
         while (stopReason === null && running.size < batch.maxConcurrency && next < p.records.length) {
