@@ -269,7 +269,8 @@ describe.each(dbs)("Batch on %s", (db) => {
         const items = await Promise.all(targets.map(async (m) => (await svc.rest("GET", `/v1/machines/${m}/commands?limit=1`)).body.data[0]));
         return items.every((i) => i.status !== "running" && i.status !== "queued") ? items : null;
       }, 15_000, "all ended");
-      expect(latest.map((i) => i.status)).toEqual(["cancelled", "cancelled", "skipped"]);
+      // A cancelled command is `cancelled`, never `completed` with the 143 of its SIGTERM.
+      expect(latest.map((i) => `${i.status} ${i.exit_code}`)).toEqual(["cancelled null", "cancelled null", "skipped null"]);
       const batch = await eventually(async () => {
         const g = await svc.rest("GET", `/v1/batches/${latest[0].batch_id}`);
         return g.body.data.status === "cancelled" ? g.body.data : null;
