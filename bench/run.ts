@@ -3,8 +3,8 @@
  * Ansible and OpenSSH on one loopback fleet of real sshd processes, plus
  * sequential latency and history paging. See bench/README.md.
  *
- * Environment: BENCH_MACHINES (200), BENCH_RUNS (3), BENCH_USER (frtest;
- * or root), BENCH_SKIP (comma list of: login, fanout, latency, history,
+ * Environment: BENCH_MACHINES (200), BENCH_RUNS (3), BENCH_USER (root;
+ * or frtest), BENCH_SKIP (comma list of: login, fanout, warm, latency, history,
  * history-sqlite, history-postgres, fleetrun, ssh2, pssh, openssh,
  * openssh-curve, ansible), BENCH_HISTORY_ROWS (1000000), BENCH_PROFILE=1
  * (CPU profile of one extra cold fleetrun run).
@@ -22,6 +22,7 @@ import { runFanout } from "./sections/fanout.ts";
 import { runHistory } from "./sections/history.ts";
 import { runLatency } from "./sections/latency.ts";
 import { runLoginShell } from "./sections/login-shell.ts";
+import { runWarmFloor } from "./sections/warm-floor.ts";
 
 const TOKEN = "bench-admin-token-0123456789abcdef";
 
@@ -45,7 +46,7 @@ async function main(): Promise<void> {
   const skip = new Set((process.env.BENCH_SKIP ?? "").split(",").map((s) => s.trim()).filter(Boolean));
   const enabled = (name: string) => !skip.has(name);
   const profile = process.env.BENCH_PROFILE === "1";
-  const user = process.env.BENCH_USER ?? "frtest";
+  const user = process.env.BENCH_USER ?? "root";
   if (user !== "frtest" && user !== "root") throw new Error(`BENCH_USER must be frtest or root (the fleet authorizes its key for those), got ${user}`);
 
   const work = mkdtempSync(path.join(os.tmpdir(), "fleetrun-bench-"));
@@ -69,7 +70,7 @@ async function main(): Promise<void> {
   log(`fleetrun bench: ${machines} machines as ${user}, ${runs} runs, ${env.cpus} CPUs, Node ${env.node}, ${env.openssh}`);
 
   const sections: { key: string; result: SectionResult; baseline?: string }[] = [];
-  const needFleet = enabled("login") || enabled("fanout") || enabled("latency");
+  const needFleet = ["login", "fanout", "warm", "latency"].some(enabled);
   // The fleet is only needed by the first two sections; history runs after it is stopped.
   if (needFleet) {
     log(`starting ${machines} loopback sshd machines…`);
@@ -92,6 +93,12 @@ async function main(): Promise<void> {
       const result = await runFanout({ fleet, files, runs, user, dataDir, token: TOKEN, profileDir, log, enabled });
       sections.push({ key: "fanout", result, baseline: "bare ssh2 fan-out" });
       process.stdout.write(formatSection(result, "bare ssh2 fan-out") + "\n");
+    }
+    if (enabled("warm")) {
+      log("warm floor: plain exec and fleetrun's remote scripts on open ssh2 connections…");
+      const result = await runWarmFloor({ fleet, user, runs, log });
+      sections.push({ key: "warm", result, baseline: "ssh2 warm, plain exec" });
+      process.stdout.write(formatSection(result, "ssh2 warm, plain exec") + "\n");
     }
     if (enabled("latency")) {
       log("sequential latency…");

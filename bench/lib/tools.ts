@@ -3,7 +3,7 @@
  * builds the command lines of parallel-ssh, Ansible and OpenSSH against the
  * bench fleet.
  */
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import path from "node:path";
 
@@ -33,14 +33,11 @@ export function ensureTools(log: (line: string) => void): string[] {
   return missing;
 }
 
+/** First line a `--version`-style command prints (on stdout or, like `ssh -V`, stderr). */
 export function versionOf(argv: string[]): string {
-  try {
-    const out = execFileSync(argv[0] as string, argv.slice(1), { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 30_000 });
-    return out.split("\n")[0]?.trim() ?? "";
-  } catch (err) {
-    const e = err as { stderr?: string };
-    return (e.stderr ?? "").split("\n")[0]?.trim() || "unknown";
-  }
+  const r = spawnSync(argv[0] as string, argv.slice(1), { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 30_000 });
+  const text = `${r.stdout ?? ""}\n${r.stderr ?? ""}`;
+  return text.split("\n").map((l) => l.trim()).find((l) => l !== "") ?? "unknown";
 }
 
 export interface ToolFiles {
