@@ -168,7 +168,7 @@ export function buildApp(deps: AppDeps): App {
     router.service(CommandService, commandImpl);
     router.service(MachineService, machineImpl);
     health.register(router);
-    registerReflection(router, { services: [CommandService, MachineService] });
+    registerReflection(router);
   };
   const limits = { readMaxBytes: config.bodyLimit, writeMaxBytes: 64 * 1024 * 1024 };
 

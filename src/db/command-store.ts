@@ -371,6 +371,8 @@ export class SqlCommandStore implements CommandStore {
           .selectFrom("commands")
           .select(["created_at", "id"])
           .where("machine_id", "=", machineId)
+          // Keep the newest N *ended* commands: running ones are never counted nor pruned.
+          .where("status", "in", [...TERMINAL_STATUSES])
           .orderBy("created_at", "desc")
           .orderBy("id", "desc")
           .limit(1)

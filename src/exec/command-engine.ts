@@ -23,7 +23,7 @@ import {
   type Stores,
   type Transport,
 } from "./ports.ts";
-import { attachJob, cancelJob, cleanupJob, runJob, type JobEnd } from "./remote-job.ts";
+import { attachJob, cancelJob, cleanupJob, killGroup, runDirect, runJob, type JobEnd } from "./remote-job.ts";
 import { jobDirFor } from "./remote-script.ts";
 import { signalName } from "./signals.ts";
 import { validateExecOptions, type ExecLimits, type ExecuteInput, type ValidExecute } from "./validate.ts";
@@ -79,7 +79,14 @@ interface Run {
   finished: Promise<CommandRecord>;
   abort: AbortController;
   log: OutputLog | null;
+  /** Light path: the service's own timeout fired. */
+  timedOut: boolean;
+  /** Light path: a SIGTERM reached the command's group. */
+  killSent: boolean;
 }
+
+/** Slack of the light path's target-side watchdog behind the service's own timer. */
+const WATCHDOG_SLACK_MS = 2_000;
 
 const ACTIVE: CommandStatus[] = ["queued", "running"];
 
@@ -223,6 +230,8 @@ export class CommandEngine {
       finished: Promise.resolve(record),
       abort: new AbortController(),
       log: null,
+      timedOut: false,
+      killSent: false,
     };
     this.runs.set(record.id, run);
     run.finished = this.drive(run, env)
@@ -241,6 +250,7 @@ export class CommandEngine {
     const { record } = run;
     const commands = this.deps.stores.commands;
     if (run.cancelRequested) return this.finish(run, "cancelled", {}, ["queued"]);
+    if (run.sync) return this.driveDirect(run, env);
     const startedAt = new Date();
     const jobDir = jobDirFor(record.id);
     const ok = await commands.transition(record.id, ["queued"], {
@@ -282,6 +292,64 @@ export class CommandEngine {
       end = await this.follow(run, { kind: "disconnected", error: new TargetError("connection_lost", "job already existed", record.id) });
     } else if (end.kind === "disconnected") {
       end = await this.follow(run, end);
+    }
+    return this.conclude(run, end);
+  }
+
+  /**
+   * The light path for a waiting caller: one channel, output straight from
+   * the command, no files on the target. The service enforces the timeout
+   * (a watchdog on the target backs it up); it cannot be re-attached, so a
+   * dropped connection or a restart makes it `lost` (after killing it).
+   */
+  private async driveDirect(run: Run, env: Record<string, string>): Promise<CommandRecord> {
+    const { record } = run;
+    const commands = this.deps.stores.commands;
+    const startedAt = new Date();
+    const runner = { mode: "direct" as const, jobDir: "", user: record.user };
+    const ok = await commands.transition(record.id, ["queued"], { status: "running", startedAt, runner });
+    if (!ok) return (await commands.get(record.id)) ?? record;
+    Object.assign(run.record, { status: "running", startedAt, runner });
+    this.deps.observer?.commandStarted?.(run.record);
+    const log = OutputLog.fresh(commands, record.id, this.logOptions(record.id));
+    run.log = log;
+    let timer: NodeJS.Timeout | null = null;
+    let end: JobEnd;
+    try {
+      end = await runDirect(
+        this.transportFor(run.target),
+        run.target,
+        {
+          command: record.command,
+          cwd: record.cwd,
+          env,
+          user: record.user,
+          timeoutMs: record.timeoutMs,
+          graceMs: this.deps.config.graceMs,
+          watchdogMs: record.timeoutMs + WATCHDOG_SLACK_MS,
+        },
+        (stream, data) => log.append(stream, data),
+        (pgid) => {
+          run.record.runner = { ...runner, ...(pgid ? { pgid } : {}) };
+          // Remembered so that a restart can still kill what a dead caller left.
+          commands.transition(record.id, ["running"], { runner: run.record.runner }).catch(() => {});
+          timer = setTimeout(() => {
+            run.timedOut = true;
+            this.sendCancel(run).catch(() => {});
+          }, record.timeoutMs);
+          this.onRemoteStarted(run);
+        },
+      );
+    } catch (err) {
+      end = toNotStarted(err);
+    } finally {
+      if (timer) clearTimeout(timer);
+    }
+    if (end.kind === "ended") {
+      end = { ...end, timedOut: run.timedOut, cancelled: run.cancelRequested && run.killSent && !run.timedOut };
+    } else if (end.kind === "disconnected" && run.record.runner?.pgid) {
+      // The command may run on: end it rather than leave it behind unobserved.
+      await killGroup(this.transportFor(run.target), run.target, run.record.runner.pgid, record.user, this.deps.config.graceMs).catch(() => {});
     }
     return this.conclude(run, end);
   }
@@ -359,7 +427,7 @@ export class CommandEngine {
           errorMessage: "the job's supervisor on the target died without recording an exit status",
         });
       case "disconnected":
-        if (!this.accepting && !run.sync) {
+        if (!this.accepting && !run.sync && run.record.runner?.mode !== "direct") {
           // Shutting down: leave it running on the target for the next start to re-attach.
           return { ...run.record };
         }
@@ -395,7 +463,7 @@ export class CommandEngine {
     }
     Object.assign(run.record, full);
     this.deps.observer?.commandEnded?.(run.record);
-    if (run.record.runner && run.remoteStarted && status !== "lost") {
+    if (run.record.runner && run.record.runner.mode !== "direct" && run.remoteStarted && status !== "lost") {
       // The outcome is stored: the job's files on the target can go.
       cleanupJob(this.transportFor(run.target), run.target, run.record.runner.jobDir).catch(() => {});
     }
@@ -420,6 +488,16 @@ export class CommandEngine {
   private sendCancel(run: Run): Promise<void> {
     if (!run.record.runner) return Promise.resolve();
     const runner = run.record.runner;
+    if (runner.mode === "direct") {
+      if (!runner.pgid) return Promise.resolve();
+      // Set before the answer: the command may die of the signal before the kill script replies.
+      run.killSent = true;
+      const p = killGroup(this.transportFor(run.target), run.target, runner.pgid, runner.user, this.deps.config.graceMs).then((r) => {
+        if (r === "gone") run.killSent = false;
+      });
+      run.cancelSent = p;
+      return p;
+    }
     const p = cancelJob(this.transportFor(run.target), run.target, runner.jobDir, runner.user, this.deps.config.graceMs).then(() => {});
     run.cancelSent = p;
     return p;
@@ -453,6 +531,11 @@ export class CommandEngine {
     if (!record.runner) throw new FailedPreconditionError(`command ${id} is not running on its target`);
     const machine = await this.resolveMachine(record.machineId);
     const target = this.targetOf(machine);
+    if (record.runner.mode === "direct") {
+      if (!record.runner.pgid) throw new FailedPreconditionError(`command ${id} is not running on its target`);
+      await killGroup(this.transportFor(target), target, record.runner.pgid, record.runner.user, this.deps.config.graceMs);
+      return;
+    }
     const r = await cancelJob(this.transportFor(target), target, record.runner.jobDir, record.runner.user, this.deps.config.graceMs);
     if (r === "gone") throw new FailedPreconditionError(`command ${id} is not running on its target`);
   }
@@ -535,6 +618,22 @@ export class CommandEngine {
     for (const record of active) {
       if (this.runs.has(record.id)) continue;
       const fake: Run = this.detachedRun(record);
+      if (record.status === "running" && record.runner?.mode === "direct") {
+        // Its caller is gone with the previous process, and it cannot be re-attached:
+        // end it on the target (best effort) and record that its outcome is unknown.
+        try {
+          const machine = await this.resolveMachine(record.machineId);
+          if (record.runner.pgid) {
+            const target = this.targetOf(machine);
+            await killGroup(this.transportFor(target), target, record.runner.pgid, record.runner.user, this.deps.config.graceMs);
+          }
+        } catch {
+          // unreachable or deleted: its target-side watchdog still ends it at its timeout
+        }
+        await this.finish(fake, "lost", { errorCode: "service_restarted", errorMessage: "the service restarted while the command's caller was waiting" });
+        settled++;
+        continue;
+      }
       if (record.status === "queued" || !record.runner) {
         // Its env never reached the target and is not stored: it cannot start now.
         const status: CommandStatus = record.status === "queued" ? "failed" : "lost";
@@ -586,6 +685,8 @@ export class CommandEngine {
       finished: Promise.resolve(record),
       abort: new AbortController(),
       log: null,
+      timedOut: false,
+      killSent: false,
     };
   }
 

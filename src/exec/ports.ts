@@ -121,10 +121,18 @@ export interface Transport {
 
 /** Where a command's remote job lives, for cancel and re-attach. */
 export interface RunnerState {
-  /** Job directory on the target, relative to the login user's home. */
+  /**
+   * `spool`: detached job with output spooled on the target (re-attachable).
+   * `direct`: output streamed straight over the channel while a caller waits
+   * (lighter; cannot be re-attached). Absent means `spool`.
+   */
+  mode?: "spool" | "direct";
+  /** Job directory on the target, relative to the login user's home (spool). */
   jobDir: string;
   /** Run-as user, when the command runs through sudo. */
   user: string | null;
+  /** Process group of the command on the target, once known (direct). */
+  pgid?: number;
 }
 
 export interface CommandRecord {

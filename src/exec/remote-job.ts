@@ -4,13 +4,15 @@
  */
 import type { Readable } from "node:stream";
 import { TargetError, type TargetErrorReason } from "./errors.ts";
-import type { MachineTarget, OutputStreamName, RemoteProcess, Transport } from "./ports.ts";
+import type { ExitInfo, MachineTarget, OutputStreamName, RemoteProcess, Transport } from "./ports.ts";
 import {
   SCRIPT_COMMAND_LINE,
   attachScript,
   cancelScript,
   cleanupScript,
   collectScript,
+  directScript,
+  killGroupScript,
   newNonce,
   parseHeader,
   startScript,
@@ -99,6 +101,8 @@ async function pump(stream: Readable, splitter: MarkerSplitter, name: OutputStre
 
 interface ScriptRun {
   header: Header | null;
+  /** How the channel ended; null when the connection dropped. */
+  exit: ExitInfo | null;
   stderrText: string;
   /** Set when the connection dropped before the channel closed. */
   lost: TargetError | null;
@@ -128,15 +132,16 @@ async function runScript(
     throw new TargetError("spawn_failed", `could not start the job: ${(e as Error).message}`, target.id, { cause: e });
   }
   let lost: TargetError | null = null;
+  let exit: ExitInfo | null = null;
   const pumps = Promise.all([pump(proc.stdout, out, "stdout", sink), pump(proc.stderr, err, "stderr", sink)]);
   try {
-    await Promise.all([pumps, proc.done]);
+    [, exit] = await Promise.all([pumps, proc.done]);
   } catch (e) {
     proc.close();
     await pumps.catch(() => {});
     lost = e instanceof TargetError ? e : new TargetError("connection_lost", (e as Error).message, target.id, { cause: e });
   }
-  return { header, stderrText: err.leftover(), lost };
+  return { header, exit, stderrText: err.leftover(), lost };
 }
 
 /** Reads how a job ended; removes it on the target once it has ended. */
@@ -204,6 +209,42 @@ export async function attachJob(
   if (!h) return { kind: "disconnected", error: new TargetError("spawn_failed", run.stderrText || "no answer from the target", target.id) };
   if (h.kind === "gone") return { kind: "gone" };
   return collectJob(transport, target, jobDir);
+}
+
+/**
+ * The light path: runs the command with its output straight on the channel
+ * while the caller waits. `onStarted` receives the command's process group.
+ */
+export async function runDirect(
+  transport: Transport,
+  target: MachineTarget,
+  spec: Omit<StartSpec, "nonce" | "jobDir"> & { watchdogMs: number },
+  sink: OutputSink,
+  onStarted: (pgid: number | null) => void,
+): Promise<JobEnd> {
+  const nonce = newNonce();
+  const run = await runScript(transport, target, nonce, directScript({ ...spec, nonce }), sink, undefined, (h) => {
+    if (h.kind === "started") onStarted(h.pgid);
+  });
+  const h = run.header as Header | null;
+  if (h?.kind === "error") return { kind: "not_started", reason: h.reason as TargetErrorReason, message: run.stderrText };
+  if (!h) {
+    if (run.lost) return { kind: "disconnected", error: run.lost };
+    return { kind: "not_started", reason: "spawn_failed", message: run.stderrText || "the target did not run the command script" };
+  }
+  if (run.lost || !run.exit || run.exit.code === null) {
+    return { kind: "disconnected", error: run.lost ?? new TargetError("connection_lost", "the channel closed without an exit status", target.id) };
+  }
+  return { kind: "ended", waitStatus: run.exit.code, timedOut: false, cancelled: false };
+}
+
+/** SIGTERM to a process group by id, SIGKILL after `graceMs` (the light path's cancel and timeout). */
+export async function killGroup(transport: Transport, target: MachineTarget, pgid: number, user: string | null, graceMs: number): Promise<"sent" | "gone"> {
+  const nonce = newNonce();
+  const run = await runScript(transport, target, nonce, killGroupScript(nonce, pgid, user, graceMs), null);
+  if (run.lost) throw run.lost;
+  const h = run.header as Header | null;
+  return h?.kind === "sent" ? "sent" : "gone";
 }
 
 /** Removes an ended job from its target. */

@@ -124,8 +124,8 @@ fi
 printf '%s\\n' "$st" >"$J/status.tmp" && mv -f "$J/status.tmp" "$J/status"
 `;
 
-function commandScript(spec: StartSpec): string {
-  const lines = ["{"];
+function commandScript(spec: StartSpec, prelude: string[] = []): string {
+  const lines = ["{", ...prelude];
   if (spec.cwd !== null) {
     lines.push(`cd -- ${q(spec.cwd)} || exit 1`);
   } else if (spec.user !== null) {
@@ -184,6 +184,92 @@ exec 9>&-
 hdr started
 A=1 B=1
 ${FOLLOW}
+}
+`;
+}
+
+/**
+ * The light path for a caller that waits (Execute, Batch): no files on the
+ * target. The command runs in its own session with its output straight on
+ * the channel; the channel's exit status is the command's wait status.
+ * Header on stdout: `<nonce> started <pgid>` (then the output; printed by
+ * the command's own shell, so nothing of the command precedes it) or
+ * `<nonce> error <reason>` (nothing started; stderr says why). A watchdog in
+ * its own session enforces the timeout on the target even if the service is
+ * gone (the service itself acts first, at the timeout).
+ */
+export function directScript(spec: Omit<StartSpec, "jobDir"> & { watchdogMs: number }): string {
+  for (const name of Object.keys(spec.env)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new Error(`unsafe env name ${JSON.stringify(name)}`);
+  }
+  // The command's own shell announces its process group (= its pid, as a
+  // session leader) and marks stderr before anything of the command can print.
+  const inner = commandScript({ ...spec, jobDir: "" }, [
+    // Under sudo the group leader is sudo itself: read our group from /proc.
+    `fleetrun_pg=$$; if [ -r /proc/$$/stat ]; then read -r fleetrun_pg < /proc/$$/stat; fleetrun_pg=\${fleetrun_pg##*) }; set -- $fleetrun_pg; fleetrun_pg=$3; set --; fi`,
+    `printf '%s started %s\\n' ${q(spec.nonce)} "$fleetrun_pg"`,
+    "unset fleetrun_pg",
+    `printf '%s\\n' ${q(spec.nonce)} >&2`,
+  ]);
+  const eof = `FLEETRUN_EOF_${spec.nonce}`;
+  if (inner.includes(eof)) throw new Error("nonce collision");
+  return `{
+N=${q(spec.nonce)}
+U=${q(spec.user ?? "")}
+C=${q(spec.cwd ?? "")}
+${HEADER_FN}
+${KILL_FN}
+command -v setsid >/dev/null 2>&1 || { printf 'the target lacks setsid (util-linux)\n' >&2; hdr error spawn_failed; exit 0; }
+if [ -n "$U" ]; then
+  e=$(sudo -n -u "$U" /bin/sh -c 'if [ -n "$1" ]; then cd -- "$1" || exit 97; fi' fleetrun-check "$C" 2>&1 </dev/null)
+  r=$?
+  if [ "$r" -eq 97 ]; then hdr error cwd_not_found; exit 0; fi
+  if [ "$r" -ne 0 ]; then printf '%s\n' "$e" >&2; hdr error run_as_refused; exit 0; fi
+  setsid sudo -n -u "$U" /bin/sh -s <<'${eof}' &
+${inner}${eof}
+else
+  if [ -n "$C" ]; then cd -- "$C" 2>/dev/null || { hdr error cwd_not_found; exit 0; }; fi
+  setsid /bin/sh -s <<'${eof}' &
+${inner}${eof}
+fi
+P=$!
+setsid /bin/sh -c '
+P=$1 T=$2 G=$3 U=$4
+${KILL_FN}
+sleep "$T"
+k -s TERM -- "-$P" 2>/dev/null || exit 0
+sleep "$G"
+k -s KILL -- "-$P" 2>/dev/null
+exit 0' fleetrun-watchdog "$P" ${q(seconds(spec.watchdogMs))} ${q(seconds(spec.graceMs))} "$U" </dev/null >/dev/null 2>&1 &
+D=$!
+wait "$P"
+st=$?
+kill -s TERM -- "-$D" 2>/dev/null
+exit "$st"
+}
+`;
+}
+
+/**
+ * Signals a process group by id (the light path's cancel and timeout), then
+ * SIGKILL after `graceMs` from a detached helper while anything of it is left.
+ * Header: `<nonce> sent` or `<nonce> gone` (no such group).
+ */
+export function killGroupScript(nonce: string, pgid: number, user: string | null, graceMs: number): string {
+  if (!Number.isSafeInteger(pgid) || pgid <= 1) throw new Error(`bad process group ${pgid}`);
+  return `{
+N=${q(nonce)}
+U=${q(user ?? "")}
+${HEADER_FN}
+${KILL_FN}
+k -s TERM -- -${pgid} 2>/dev/null || { hdr gone; exit 0; }
+hdr sent
+( setsid /bin/sh -c '
+P=$1 G=$2 U=$3
+${KILL_FN}
+sleep "$G"
+k -s KILL -- "-$P" 2>/dev/null
+exit 0' fleetrun-kill ${pgid} ${q(seconds(graceMs))} "$U" </dev/null >/dev/null 2>&1 & )
 }
 `;
 }
@@ -288,7 +374,7 @@ exit 0' fleetrun-cancel "$J" "$P" ${q(seconds(graceMs))} "$U" </dev/null >/dev/n
 }
 
 export type Header =
-  | { kind: "started" }
+  | { kind: "started"; pgid: number | null }
   | { kind: "exists" }
   | { kind: "attached" }
   | { kind: "gone" }
@@ -304,6 +390,7 @@ export function parseHeader(nonce: string, line: string): Header | null {
   const [kind, arg] = words;
   switch (kind) {
     case "started":
+      return { kind: "started", pgid: arg !== undefined && /^\d+$/.test(arg) ? Number(arg) : null };
     case "exists":
     case "attached":
     case "gone":

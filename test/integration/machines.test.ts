@@ -2,7 +2,8 @@
  * The machine registry over REST and gRPC-Web, health and reflection of the
  * real app, and secrets kept out of responses and logs.
  */
-import { execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import path from "node:path";
 import { Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
@@ -137,9 +138,12 @@ describe("machines", () => {
     } finally {
       client.close();
     }
-    const out = execFileSync(path.join(ROOT, "node_modules/.bin/buf"), ["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--list-services", svc.url], {
-      encoding: "utf8",
-    });
+    // Asynchronously: the service answers from this very process.
+    const { stdout: out } = await promisify(execFile)(
+      path.join(ROOT, "node_modules/.bin/buf"),
+      ["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--list-services", svc.url],
+      { encoding: "utf8" },
+    );
     expect(out).toContain("fleetrun.v1.CommandService");
     expect(out).toContain("fleetrun.v1.MachineService");
     expect(out).toContain("grpc.health.v1.Health");
