@@ -175,6 +175,24 @@ describe("the service process", () => {
     expect(c.exit_code).toBeNull();
   }, 60_000);
 
+  it("kill -9 while a caller waits: nothing is left running and the command is recorded as lost", async () => {
+    const mark = `503.${unique()}`;
+    const call = rest(svc!.url, "POST", "/v1/commands", { machine_id: machines[1], command: `sleep ${mark}`, timeout: 6000 }).catch(() => null);
+    await eventually(() => processesWith(mark).length > 0, 10_000, "the command to run");
+    svc!.child.kill("SIGKILL");
+    await svc!.exited;
+    await call;
+    svc = await spawnService(env(), port);
+    // Killed by the restart (its process group is stored), or at the latest by its target-side watchdog.
+    await eventually(() => processesWith(mark).length === 0, 15_000, "the orphan to be gone");
+    const hist = await rest(svc.url, "GET", `/v1/machines/${machines[1]}/commands?limit=10`);
+    const item = hist.body.data.find((c: any) => c.command === `sleep ${mark}`);
+    expect(item.status).toBe("lost");
+    expect(item.exit_code).toBeNull();
+    const c = await rest(svc.url, "GET", `/v1/commands/${item.id}`);
+    expect(c.body.data.error.code).toBe("service_restarted");
+  }, 60_000);
+
   it("SIGTERM: waiting callers' commands are cancelled after the grace, detached ones keep running and are re-attached", async () => {
     const syncMark = `502.${unique()}`;
     const detached = await rest(svc!.url, "POST", "/v1/commands/async", { machine_id: machines[2], command: "sleep 4; echo done-after-restart" });
