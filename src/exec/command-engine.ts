@@ -74,10 +74,8 @@ interface Run {
   /** Set once the job exists on the target. */
   remoteStarted: boolean;
   cancelRequested: boolean;
-  cancelSent: Promise<void> | null;
   /** Resolves with the terminal record. */
   finished: Promise<CommandRecord>;
-  abort: AbortController;
   log: OutputLog | null;
   /** Light path: the service's own timeout fired. */
   timedOut: boolean;
@@ -87,6 +85,9 @@ interface Run {
 
 /** Slack of the light path's target-side watchdog behind the service's own timer. */
 const WATCHDOG_SLACK_MS = 2_000;
+
+/** A light-path command still running after this long gets its process group stored. */
+const PERSIST_PGID_AFTER_MS = 1_000;
 
 const ACTIVE: CommandStatus[] = ["queued", "running"];
 
@@ -219,31 +220,27 @@ export class CommandEngine {
    * run's `finished` resolves with the terminal record (it never rejects).
    */
   launch(record: CommandRecord, machine: MachineRecord, env: Record<string, string>, sync: boolean): Run {
-    const target = this.targetOf(machine);
-    const run: Run = {
-      record,
-      target,
-      sync,
-      remoteStarted: false,
-      cancelRequested: false,
-      cancelSent: null,
-      finished: Promise.resolve(record),
-      abort: new AbortController(),
-      log: null,
-      timedOut: false,
-      killSent: false,
-    };
-    this.runs.set(record.id, run);
-    run.finished = this.drive(run, env)
+    const run = newRun(record, this.targetOf(machine), sync);
+    this.track(run, this.drive(run, env), "internal", "internal error while running the command");
+    return run;
+  }
+
+  /**
+   * Registers `run` as running in this process until `work` settles; a
+   * failure of `work` itself still ends in a recorded terminal state.
+   */
+  private track(run: Run, work: Promise<CommandRecord>, errorCode: string, errorMessage: string): void {
+    const id = run.record.id;
+    this.runs.set(id, run);
+    run.finished = work
       .catch(async (err: unknown) => {
-        this.deps.observer?.warn?.("command engine error", { command_id: record.id, error: String(err) });
-        return this.finish(run, "lost", { errorCode: "internal", errorMessage: "internal error while running the command" }).catch(() => run.record);
+        this.deps.observer?.warn?.("command engine error", { command_id: id, error: String(err) });
+        return this.finish(run, "lost", { errorCode, errorMessage }).catch(() => run.record);
       })
       .finally(() => {
-        this.runs.delete(record.id);
-        this.bus.forget(record.id);
+        this.runs.delete(id);
+        this.bus.forget(id);
       });
-    return run;
   }
 
   private async drive(run: Run, env: Record<string, string>): Promise<CommandRecord> {
@@ -314,6 +311,7 @@ export class CommandEngine {
     const log = OutputLog.fresh(commands, record.id, this.logOptions(record.id));
     run.log = log;
     let timer: NodeJS.Timeout | null = null;
+    let persist: NodeJS.Timeout | null = null;
     let end: JobEnd;
     try {
       end = await runDirect(
@@ -331,8 +329,11 @@ export class CommandEngine {
         (stream, data) => log.append(stream, data),
         (pgid) => {
           run.record.runner = { ...runner, ...(pgid ? { pgid } : {}) };
-          // Remembered so that a restart can still kill what a dead caller left.
-          commands.transition(record.id, ["running"], { runner: run.record.runner }).catch(() => {});
+          // Remembered so that a restart can still kill what a dead caller left;
+          // only for commands that last (short ones spare the write).
+          persist = setTimeout(() => {
+            commands.transition(record.id, ["running"], { runner: run.record.runner }).catch(() => {});
+          }, PERSIST_PGID_AFTER_MS);
           timer = setTimeout(() => {
             run.timedOut = true;
             this.sendCancel(run).catch(() => {});
@@ -344,6 +345,7 @@ export class CommandEngine {
       end = toNotStarted(err);
     } finally {
       if (timer) clearTimeout(timer);
+      if (persist) clearTimeout(persist);
     }
     if (end.kind === "ended") {
       end = { ...end, timedOut: run.timedOut, cancelled: run.cancelRequested && run.killSent && !run.timedOut };
@@ -495,11 +497,9 @@ export class CommandEngine {
       const p = killGroup(this.transportFor(run.target), run.target, runner.pgid, runner.user, this.deps.config.graceMs).then((r) => {
         if (r === "gone") run.killSent = false;
       });
-      run.cancelSent = p;
       return p;
     }
     const p = cancelJob(this.transportFor(run.target), run.target, runner.jobDir, runner.user, this.deps.config.graceMs).then(() => {});
-    run.cancelSent = p;
     return p;
   }
 
@@ -656,38 +656,27 @@ export class CommandEngine {
       fake.target = this.targetOf(machine);
       fake.log = await OutputLog.restore(this.deps.stores.commands, record.id, record, this.logOptions(record.id));
       fake.remoteStarted = true;
-      this.runs.set(record.id, fake);
-      fake.finished = this.follow(fake, { kind: "disconnected", error: new TargetError("connection_lost", "the service restarted", record.machineId) })
-        .then((end) => this.conclude(fake, end))
-        .catch(async (err: unknown) => {
-          this.deps.observer?.warn?.("re-attach failed", { command_id: record.id, error: String(err) });
-          return this.finish(fake, "lost", { errorCode: "connection_lost", errorMessage: "could not re-attach after a restart" }).catch(
-            () => fake.record,
-          );
-        })
-        .finally(() => {
-          this.runs.delete(record.id);
-          this.bus.forget(record.id);
-        });
+      const following = this.follow(fake, { kind: "disconnected", error: new TargetError("connection_lost", "the service restarted", record.machineId) });
+      this.track(fake, following.then((end) => this.conclude(fake, end)), "connection_lost", "could not re-attach after a restart");
       reattached++;
     }
     return { reattached, settled };
   }
 
+  /** A run for a record this process did not start (recovery); its target is set once resolved. */
   private detachedRun(record: CommandRecord): Run {
-    return {
-      record: { ...record },
-      target: { id: record.machineId, host: "", port: 0, username: "", privateKey: null, passphrase: null, password: null, hostKeyFingerprint: null, hostKeyAlgorithm: null },
-      sync: false,
-      remoteStarted: false,
-      cancelRequested: false,
-      cancelSent: null,
-      finished: Promise.resolve(record),
-      abort: new AbortController(),
-      log: null,
-      timedOut: false,
-      killSent: false,
+    const unknownTarget: MachineTarget = {
+      id: record.machineId,
+      host: "",
+      port: 0,
+      username: "",
+      privateKey: null,
+      passphrase: null,
+      password: null,
+      hostKeyFingerprint: null,
+      hostKeyAlgorithm: null,
     };
+    return newRun({ ...record }, unknownTarget, false);
   }
 
   /**
@@ -711,6 +700,20 @@ export class CommandEngine {
       await this.finish(r, "lost", { errorCode: "service_restarted", errorMessage: "the service stopped before the command ended" }).catch(() => {});
     }
   }
+}
+
+function newRun(record: CommandRecord, target: MachineTarget, sync: boolean): Run {
+  return {
+    record,
+    target,
+    sync,
+    remoteStarted: false,
+    cancelRequested: false,
+    finished: Promise.resolve(record),
+    log: null,
+    timedOut: false,
+    killSent: false,
+  };
 }
 
 function toNotStarted(err: unknown): JobEnd {

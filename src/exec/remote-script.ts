@@ -194,18 +194,19 @@ ${FOLLOW}
  * the channel; the channel's exit status is the command's wait status.
  * Header on stdout: `<nonce> started <pgid>` (then the output; printed by
  * the command's own shell, so nothing of the command precedes it) or
- * `<nonce> error <reason>` (nothing started; stderr says why). A watchdog in
- * its own session enforces the timeout on the target even if the service is
- * gone (the service itself acts first, at the timeout).
+ * `<nonce> error <reason>` (nothing started; stderr says why). coreutils'
+ * `timeout` (as the run-as user, so it may signal the command) leads the
+ * command's process group and enforces the timeout on the target even if the
+ * service is gone; the service itself acts first, at the timeout.
  */
 export function directScript(spec: Omit<StartSpec, "jobDir"> & { watchdogMs: number }): string {
   for (const name of Object.keys(spec.env)) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new Error(`unsafe env name ${JSON.stringify(name)}`);
   }
-  // The command's own shell announces its process group (= its pid, as a
-  // session leader) and marks stderr before anything of the command can print.
+  // The command's own shell announces its process group and marks stderr
+  // before anything of the command can print.
   const inner = commandScript({ ...spec, jobDir: "" }, [
-    // Under sudo the group leader is sudo itself: read our group from /proc.
+    // The group is led by `timeout`, not by this shell: read it from /proc.
     `fleetrun_pg=$$; if [ -r /proc/$$/stat ]; then read -r fleetrun_pg < /proc/$$/stat; fleetrun_pg=\${fleetrun_pg##*) }; set -- $fleetrun_pg; fleetrun_pg=$3; set --; fi`,
     `printf '%s started %s\\n' ${q(spec.nonce)} "$fleetrun_pg"`,
     "unset fleetrun_pg",
@@ -217,34 +218,24 @@ export function directScript(spec: Omit<StartSpec, "jobDir"> & { watchdogMs: num
 N=${q(spec.nonce)}
 U=${q(spec.user ?? "")}
 C=${q(spec.cwd ?? "")}
+T=${q(seconds(spec.watchdogMs))}
+G=${q(seconds(spec.graceMs))}
 ${HEADER_FN}
-${KILL_FN}
 command -v setsid >/dev/null 2>&1 || { printf 'the target lacks setsid (util-linux)\n' >&2; hdr error spawn_failed; exit 0; }
 if [ -n "$U" ]; then
   e=$(sudo -n -u "$U" /bin/sh -c 'if [ -n "$1" ]; then cd -- "$1" || exit 97; fi' fleetrun-check "$C" 2>&1 </dev/null)
   r=$?
   if [ "$r" -eq 97 ]; then hdr error cwd_not_found; exit 0; fi
   if [ "$r" -ne 0 ]; then printf '%s\n' "$e" >&2; hdr error run_as_refused; exit 0; fi
-  setsid sudo -n -u "$U" /bin/sh -s <<'${eof}' &
+  setsid sudo -n -u "$U" timeout -s TERM -k "$G" "$T" /bin/sh -s <<'${eof}' &
 ${inner}${eof}
 else
   if [ -n "$C" ]; then cd -- "$C" 2>/dev/null || { hdr error cwd_not_found; exit 0; }; fi
-  setsid /bin/sh -s <<'${eof}' &
+  setsid timeout -s TERM -k "$G" "$T" /bin/sh -s <<'${eof}' &
 ${inner}${eof}
 fi
-P=$!
-setsid /bin/sh -c '
-P=$1 T=$2 G=$3 U=$4
-${KILL_FN}
-sleep "$T"
-k -s TERM -- "-$P" 2>/dev/null || exit 0
-sleep "$G"
-k -s KILL -- "-$P" 2>/dev/null
-exit 0' fleetrun-watchdog "$P" ${q(seconds(spec.watchdogMs))} ${q(seconds(spec.graceMs))} "$U" </dev/null >/dev/null 2>&1 &
-D=$!
-wait "$P"
+wait "$!"
 st=$?
-kill -s TERM -- "-$D" 2>/dev/null
 exit "$st"
 }
 `;

@@ -8,9 +8,11 @@ import {
   PageInfoSchema,
   TestErrorSchema,
   TestMachineResponseSchema,
+  type CreateMachineRequest,
+  type UpdateMachineRequest,
 } from "../gen/fleetrun/v1/machine_pb.js";
 import { InvalidArgumentError } from "../exec/errors.ts";
-import type { MachineRegistry } from "../exec/machine-registry.ts";
+import type { MachineInput, MachineRegistry } from "../exec/machine-registry.ts";
 import { unary } from "./wrap.ts";
 import { machineToProto } from "./mapping.ts";
 
@@ -31,21 +33,26 @@ function requireId(id: string): string {
   return id;
 }
 
+/** The connection fields create and update share (unset ones stay undefined). */
+function machineInput(req: CreateMachineRequest | UpdateMachineRequest): MachineInput {
+  return {
+    name: req.name,
+    host: req.host,
+    port: req.port,
+    username: req.username,
+    privateKey: req.privateKey,
+    passphrase: req.passphrase,
+    password: req.password,
+    hostKeyFingerprint: req.hostKeyFingerprint,
+    hostKeyAlgorithm: req.hostKeyAlgorithm,
+    labels: req.labels,
+  };
+}
+
 export function machineServiceImpl(registry: MachineRegistry, onInternal: (e: unknown) => void): ServiceImpl<typeof MachineService> {
   return {
     createMachine: unary(async (req) => {
-      const m = await registry.create({
-        name: req.name,
-        host: req.host,
-        port: req.port,
-        username: req.username,
-        privateKey: req.privateKey,
-        passphrase: req.passphrase,
-        password: req.password,
-        hostKeyFingerprint: req.hostKeyFingerprint,
-        hostKeyAlgorithm: req.hostKeyAlgorithm,
-        labels: req.labels,
-      });
+      const m = await registry.create(machineInput(req));
       return machineToProto(m);
     }, onInternal),
 
@@ -63,19 +70,7 @@ export function machineServiceImpl(registry: MachineRegistry, onInternal: (e: un
     getMachine: unary(async (req) => machineToProto(await registry.get(requireId(req.id))), onInternal),
 
     updateMachine: unary(async (req) => {
-      const m = await registry.update(requireId(req.id), {
-        name: req.name,
-        host: req.host,
-        port: req.port,
-        username: req.username,
-        privateKey: req.privateKey,
-        passphrase: req.passphrase,
-        password: req.password,
-        hostKeyFingerprint: req.hostKeyFingerprint,
-        hostKeyAlgorithm: req.hostKeyAlgorithm,
-        labels: req.labels,
-        clearLabels: req.clearLabels,
-      });
+      const m = await registry.update(requireId(req.id), { ...machineInput(req), clearLabels: req.clearLabels });
       return machineToProto(m);
     }, onInternal),
 
