@@ -4,6 +4,7 @@
  */
 import type { Readable } from "node:stream";
 import { TargetError, type TargetErrorReason } from "./errors.ts";
+import { signalNumber } from "./signals.ts";
 import type { ExitInfo, MachineTarget, OutputStreamName, RemoteProcess, Transport } from "./ports.ts";
 import {
   SCRIPT_COMMAND_LINE,
@@ -231,6 +232,12 @@ export async function runDirect(
   if (!h) {
     if (run.lost) return { kind: "disconnected", error: run.lost };
     return { kind: "not_started", reason: "spawn_failed", message: run.stderrText || "the target did not run the command script" };
+  }
+  // The script ends as the command's `timeout`, which dies of the signal that
+  // killed the command: sshd then reports the signal instead of a status.
+  const bySignal = run.exit?.signal ? signalNumber(run.exit.signal) : null;
+  if (run.exit && run.exit.code === null && bySignal !== null) {
+    return { kind: "ended", waitStatus: 128 + bySignal, timedOut: false, cancelled: false };
   }
   if (run.lost || !run.exit || run.exit.code === null) {
     return { kind: "disconnected", error: run.lost ?? new TargetError("connection_lost", "the channel closed without an exit status", target.id) };

@@ -221,22 +221,29 @@ C=${q(spec.cwd ?? "")}
 T=${q(seconds(spec.watchdogMs))}
 G=${q(seconds(spec.graceMs))}
 ${HEADER_FN}
-command -v setsid >/dev/null 2>&1 || { printf 'the target lacks setsid (util-linux)\n' >&2; hdr error spawn_failed; exit 0; }
+# The command needs a session of its own. sshd already made this shell one
+# (no pty): exec in place. Elsewhere (the local machine) setsid, which does
+# not fork when the caller leads no group.
+S=setsid
+if [ -r /proc/$$/stat ]; then
+  read -r l </proc/$$/stat
+  l=\${l##*) }
+  set -- $l
+  [ "$4" = "$$" ] && S=
+  set --
+fi
+[ -z "$S" ] || command -v setsid >/dev/null 2>&1 || { printf 'the target lacks setsid (util-linux)\n' >&2; hdr error spawn_failed; exit 0; }
 if [ -n "$U" ]; then
   e=$(sudo -n -u "$U" /bin/sh -c 'if [ -n "$1" ]; then cd -- "$1" || exit 97; fi' fleetrun-check "$C" 2>&1 </dev/null)
   r=$?
   if [ "$r" -eq 97 ]; then hdr error cwd_not_found; exit 0; fi
   if [ "$r" -ne 0 ]; then printf '%s\n' "$e" >&2; hdr error run_as_refused; exit 0; fi
-  setsid sudo -n -u "$U" timeout -s TERM -k "$G" "$T" /bin/sh -s <<'${eof}' &
-${inner}${eof}
-else
-  if [ -n "$C" ]; then cd -- "$C" 2>/dev/null || { hdr error cwd_not_found; exit 0; }; fi
-  setsid timeout -s TERM -k "$G" "$T" /bin/sh -s <<'${eof}' &
+  exec $S sudo -n -u "$U" timeout -s TERM -k "$G" "$T" /bin/sh -s <<'${eof}'
 ${inner}${eof}
 fi
-wait "$!"
-st=$?
-exit "$st"
+if [ -n "$C" ]; then cd -- "$C" 2>/dev/null || { hdr error cwd_not_found; exit 0; }; fi
+exec $S timeout -s TERM -k "$G" "$T" /bin/sh -s <<'${eof}'
+${inner}${eof}
 }
 `;
 }

@@ -22,3 +22,11 @@ const NAMES: Record<number, string> = {
 export function signalName(n: number): string | null {
   return NAMES[n] ?? (n > 0 && n < 65 ? `SIG${n}` : null);
 }
+
+/** The number of a signal named with or without `SIG` (`TERM`, `SIGKILL`), or null. */
+export function signalNumber(name: string): number | null {
+  const full = name.startsWith("SIG") ? name : `SIG${name}`;
+  for (const [n, s] of Object.entries(NAMES)) if (s === full) return Number(n);
+  const m = /^SIG(\d+)$/.exec(full);
+  return m ? Number(m[1]) : null;
+}
