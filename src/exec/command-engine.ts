@@ -20,6 +20,7 @@ import {
   type MachineTarget,
   type OutputChunkRecord,
   type OutputStreamName,
+  type RunnerState,
   type Stores,
   type Transport,
 } from "./ports.ts";
@@ -327,8 +328,8 @@ export class CommandEngine {
           watchdogMs: record.timeoutMs + WATCHDOG_SLACK_MS,
         },
         (stream, data) => log.append(stream, data),
-        (pgid) => {
-          run.record.runner = { ...runner, ...(pgid ? { pgid } : {}) };
+        (pgid, leaderStart) => {
+          run.record.runner = { ...runner, ...(pgid ? { pgid } : {}), ...(leaderStart ? { pgidStart: leaderStart } : {}) };
           // Remembered so that a restart can still kill what a dead caller left;
           // only for commands that last (short ones spare the write).
           persist = setTimeout(() => {
@@ -351,7 +352,7 @@ export class CommandEngine {
       end = { ...end, timedOut: run.timedOut, cancelled: run.cancelRequested && run.killSent && !run.timedOut };
     } else if (end.kind === "disconnected" && run.record.runner?.pgid) {
       // The command may run on: end it rather than leave it behind unobserved.
-      await killGroup(this.transportFor(run.target), run.target, run.record.runner.pgid, record.user, this.deps.config.graceMs).catch(() => {});
+      await killGroup(this.transportFor(run.target), run.target, groupOf(run.record.runner), record.user, this.deps.config.graceMs).catch(() => {});
     }
     return this.conclude(run, end);
   }
@@ -494,7 +495,7 @@ export class CommandEngine {
       if (!runner.pgid) return Promise.resolve();
       // Set before the answer: the command may die of the signal before the kill script replies.
       run.killSent = true;
-      const p = killGroup(this.transportFor(run.target), run.target, runner.pgid, runner.user, this.deps.config.graceMs).then((r) => {
+      const p = killGroup(this.transportFor(run.target), run.target, groupOf(runner), runner.user, this.deps.config.graceMs).then((r) => {
         if (r === "gone") run.killSent = false;
       });
       return p;
@@ -533,7 +534,7 @@ export class CommandEngine {
     const target = this.targetOf(machine);
     if (record.runner.mode === "direct") {
       if (!record.runner.pgid) throw new FailedPreconditionError(`command ${id} is not running on its target`);
-      await killGroup(this.transportFor(target), target, record.runner.pgid, record.runner.user, this.deps.config.graceMs);
+      await killGroup(this.transportFor(target), target, groupOf(record.runner), record.runner.user, this.deps.config.graceMs);
       return;
     }
     const r = await cancelJob(this.transportFor(target), target, record.runner.jobDir, record.runner.user, this.deps.config.graceMs);
@@ -625,7 +626,7 @@ export class CommandEngine {
           const machine = await this.resolveMachine(record.machineId);
           if (record.runner.pgid) {
             const target = this.targetOf(machine);
-            await killGroup(this.transportFor(target), target, record.runner.pgid, record.runner.user, this.deps.config.graceMs);
+            await killGroup(this.transportFor(target), target, groupOf(record.runner), record.runner.user, this.deps.config.graceMs);
           }
         } catch {
           // unreachable or deleted: its target-side watchdog still ends it at its timeout
@@ -700,6 +701,11 @@ export class CommandEngine {
       await this.finish(r, "lost", { errorCode: "service_restarted", errorMessage: "the service stopped before the command ended" }).catch(() => {});
     }
   }
+}
+
+/** The light path's process group as the kill script needs it. */
+function groupOf(runner: RunnerState): { pgid: number; leaderStart: string | null } {
+  return { pgid: runner.pgid ?? 0, leaderStart: runner.pgidStart ?? null };
 }
 
 function newRun(record: CommandRecord, target: MachineTarget, sync: boolean): Run {

@@ -133,6 +133,8 @@ export interface RunnerState {
   user: string | null;
   /** Process group of the command on the target, once known (direct). */
   pgid?: number;
+  /** Start time (clock ticks since boot) of that group's leader: tells it from a reused id. */
+  pgidStart?: string;
 }
 
 export interface CommandRecord {

@@ -221,11 +221,11 @@ export async function runDirect(
   target: MachineTarget,
   spec: Omit<StartSpec, "nonce" | "jobDir"> & { watchdogMs: number },
   sink: OutputSink,
-  onStarted: (pgid: number | null) => void,
+  onStarted: (pgid: number | null, leaderStart: string | null) => void,
 ): Promise<JobEnd> {
   const nonce = newNonce();
   const run = await runScript(transport, target, nonce, directScript({ ...spec, nonce }), sink, undefined, (h) => {
-    if (h.kind === "started") onStarted(h.pgid);
+    if (h.kind === "started") onStarted(h.pgid, h.leaderStart);
   });
   const h = run.header as Header | null;
   if (h?.kind === "error") return { kind: "not_started", reason: h.reason as TargetErrorReason, message: run.stderrText };
@@ -246,9 +246,15 @@ export async function runDirect(
 }
 
 /** SIGTERM to a process group by id, SIGKILL after `graceMs` (the light path's cancel and timeout). */
-export async function killGroup(transport: Transport, target: MachineTarget, pgid: number, user: string | null, graceMs: number): Promise<"sent" | "gone"> {
+export async function killGroup(
+  transport: Transport,
+  target: MachineTarget,
+  group: { pgid: number; leaderStart: string | null },
+  user: string | null,
+  graceMs: number,
+): Promise<"sent" | "gone"> {
   const nonce = newNonce();
-  const run = await runScript(transport, target, nonce, killGroupScript(nonce, pgid, user, graceMs), null);
+  const run = await runScript(transport, target, nonce, killGroupScript(nonce, group.pgid, group.leaderStart, user, graceMs), null);
   if (run.lost) throw run.lost;
   const h = run.header as Header | null;
   return h?.kind === "sent" ? "sent" : "gone";

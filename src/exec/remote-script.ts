@@ -65,6 +65,16 @@ function tenths(ms: number): number {
 /** Shell function `k`: kill as the run-as user when there is one. */
 const KILL_FN = `k() { if [ -n "$U" ]; then sudo -n -u "$U" kill "$@"; else kill "$@"; fi; }`;
 
+/**
+ * Process ids are reused (pid_max is often 32768), so a signal sent some
+ * time later must not reach a stranger's group. "started P" prints the start
+ * time of process P; "mine" holds while group $P can only be ours: its
+ * leader is gone (then no newer group can have that id) or still is the
+ * process that started at $S0.
+ */
+const MINE_FN = `started() { [ -r "/proc/$1/stat" ] || return 1; read -r l <"/proc/$1/stat" || return 1; l=\${l##*) }; set -- $l; printf %s "\${20}"; }
+mine() { [ -e "/proc/$P" ] || return 0; [ "$(started "$P")" = "$S0" ]; }`;
+
 const HEADER_FN = `hdr() { printf '%s %s\\n' "$N" "$*"; }`;
 
 /**
@@ -91,33 +101,36 @@ wait "$E"`;
  */
 const SUPERVISOR = `J=$1 U=$2 T=$3 G=$4 GT=$5
 ${KILL_FN}
+${MINE_FN}
 if [ -n "$U" ]; then
   setsid sudo -n -u "$U" /bin/sh -s <"$J/cmd" >>"$J/out" 2>>"$J/err" 9>&- &
 else
   setsid /bin/sh -s <"$J/cmd" >>"$J/out" 2>>"$J/err" 9>&- &
 fi
 P=$!
-printf '%s\\n' "$P" >"$J/pgid.tmp" && mv -f "$J/pgid.tmp" "$J/pgid"
+S0=$(started "$P")
+printf '%s %s\\n' "$P" "$S0" >"$J/pgid.tmp" && mv -f "$J/pgid.tmp" "$J/pgid"
 D=
 if [ "$T" != 0.000 ]; then
   setsid /bin/sh -c '
-J=$1 P=$2 T=$3 G=$4 U=$5
+J=$1 P=$2 T=$3 G=$4 U=$5 S0=$6
 ${KILL_FN}
+${MINE_FN}
 sleep "$T"
 [ -e "$J/status" ] && exit 0
 : >"$J/timedout"
-k -s TERM -- "-$P" 2>/dev/null
+mine && k -s TERM -- "-$P" 2>/dev/null
 sleep "$G"
-[ -d "$J" ] && [ ! -e "$J/status" ] && k -s KILL -- "-$P" 2>/dev/null
-exit 0' fleetrun-watchdog "$J" "$P" "$T" "$G" "$U" </dev/null >/dev/null 2>&1 9>&- &
+[ -d "$J" ] && [ ! -e "$J/status" ] && mine && k -s KILL -- "-$P" 2>/dev/null
+exit 0' fleetrun-watchdog "$J" "$P" "$T" "$G" "$U" "$S0" </dev/null >/dev/null 2>&1 9>&- &
   D=$!
 fi
 wait "$P"
 st=$?
 if [ -e "$J/timedout" ] || [ -e "$J/cancelled" ]; then
   i=0
-  while [ "$i" -lt "$GT" ] && k -0 -- "-$P" 2>/dev/null; do sleep 0.1; i=$((i+1)); done
-  k -s KILL -- "-$P" 2>/dev/null
+  while [ "$i" -lt "$GT" ] && mine && k -0 -- "-$P" 2>/dev/null; do sleep 0.1; i=$((i+1)); done
+  mine && k -s KILL -- "-$P" 2>/dev/null
 elif [ -n "$D" ]; then
   kill -s TERM -- "-$D" 2>/dev/null
 fi
@@ -207,9 +220,11 @@ export function directScript(spec: Omit<StartSpec, "jobDir"> & { watchdogMs: num
   // before anything of the command can print.
   const inner = commandScript({ ...spec, jobDir: "" }, [
     // The group is led by `timeout`, not by this shell: read it from /proc.
-    `fleetrun_pg=$$; if [ -r /proc/$$/stat ]; then read -r fleetrun_pg < /proc/$$/stat; fleetrun_pg=\${fleetrun_pg##*) }; set -- $fleetrun_pg; fleetrun_pg=$3; set --; fi`,
-    `printf '%s started %s\\n' ${q(spec.nonce)} "$fleetrun_pg"`,
-    "unset fleetrun_pg",
+    `fleetrun_pg=$$; fleetrun_st=; if [ -r /proc/$$/stat ]; then read -r fleetrun_pg < /proc/$$/stat; fleetrun_pg=\${fleetrun_pg##*) }; set -- $fleetrun_pg; fleetrun_pg=$3; set --; fi`,
+    // ... and when its leader started, so that a later kill can tell it from a reused id.
+    `if [ -r /proc/$fleetrun_pg/stat ]; then read -r fleetrun_st < /proc/$fleetrun_pg/stat; fleetrun_st=\${fleetrun_st##*) }; set -- $fleetrun_st; fleetrun_st=\${20}; set --; fi`,
+    `printf '%s started %s %s\\n' ${q(spec.nonce)} "$fleetrun_pg" "$fleetrun_st"`,
+    "unset fleetrun_pg fleetrun_st",
     `printf '%s\\n' ${q(spec.nonce)} >&2`,
   ]);
   const eof = `FLEETRUN_EOF_${spec.nonce}`;
@@ -253,21 +268,26 @@ ${inner}${eof}
  * SIGKILL after `graceMs` from a detached helper while anything of it is left.
  * Header: `<nonce> sent` or `<nonce> gone` (no such group).
  */
-export function killGroupScript(nonce: string, pgid: number, user: string | null, graceMs: number): string {
+export function killGroupScript(nonce: string, pgid: number, leaderStart: string | null, user: string | null, graceMs: number): string {
   if (!Number.isSafeInteger(pgid) || pgid <= 1) throw new Error(`bad process group ${pgid}`);
+  if (leaderStart !== null && !/^\d+$/.test(leaderStart)) throw new Error("bad start time");
   return `{
 N=${q(nonce)}
 U=${q(user ?? "")}
 ${HEADER_FN}
 ${KILL_FN}
-k -s TERM -- -${pgid} 2>/dev/null || { hdr gone; exit 0; }
+${MINE_FN}
+P=${pgid}
+S0=${leaderStart ?? '$(started "$P")'}
+mine && k -s TERM -- "-$P" 2>/dev/null || { hdr gone; exit 0; }
 hdr sent
 ( setsid /bin/sh -c '
-P=$1 G=$2 U=$3
+P=$1 G=$2 U=$3 S0=$4
 ${KILL_FN}
+${MINE_FN}
 sleep "$G"
-k -s KILL -- "-$P" 2>/dev/null
-exit 0' fleetrun-kill ${pgid} ${q(seconds(graceMs))} "$U" </dev/null >/dev/null 2>&1 & )
+mine && k -s KILL -- "-$P" 2>/dev/null
+exit 0' fleetrun-kill "$P" ${q(seconds(graceMs))} "$U" "$S0" </dev/null >/dev/null 2>&1 & )
 }
 `;
 }
@@ -348,6 +368,7 @@ J="$HOME"/${q(jobDir)}
 U=${q(user ?? "")}
 ${HEADER_FN}
 ${KILL_FN}
+${MINE_FN}
 [ -d "$J" ] || { hdr gone; exit 0; }
 [ -e "$J/status" ] && { hdr done; exit 0; }
 i=0
@@ -357,22 +378,23 @@ while [ ! -s "$J/pgid" ]; do
   sleep 0.01
   i=$((i+1))
 done
-read -r P <"$J/pgid"
+read -r P S0 <"$J/pgid"
 : >"$J/cancelled"
-k -s TERM -- "-$P" 2>/dev/null
+mine && k -s TERM -- "-$P" 2>/dev/null
 hdr sent
 ( setsid /bin/sh -c '
-J=$1 P=$2 G=$3 U=$4
+J=$1 P=$2 G=$3 U=$4 S0=$5
 ${KILL_FN}
+${MINE_FN}
 sleep "$G"
-[ -d "$J" ] && [ ! -e "$J/status" ] && k -s KILL -- "-$P" 2>/dev/null
-exit 0' fleetrun-cancel "$J" "$P" ${q(seconds(graceMs))} "$U" </dev/null >/dev/null 2>&1 & )
+[ -d "$J" ] && [ ! -e "$J/status" ] && mine && k -s KILL -- "-$P" 2>/dev/null
+exit 0' fleetrun-cancel "$J" "$P" ${q(seconds(graceMs))} "$U" "$S0" </dev/null >/dev/null 2>&1 & )
 }
 `;
 }
 
 export type Header =
-  | { kind: "started"; pgid: number | null }
+  | { kind: "started"; pgid: number | null; leaderStart: string | null }
   | { kind: "exists" }
   | { kind: "attached" }
   | { kind: "gone" }
@@ -388,7 +410,11 @@ export function parseHeader(nonce: string, line: string): Header | null {
   const [kind, arg] = words;
   switch (kind) {
     case "started":
-      return { kind: "started", pgid: arg !== undefined && /^\d+$/.test(arg) ? Number(arg) : null };
+      return {
+        kind: "started",
+        pgid: arg !== undefined && /^\d+$/.test(arg) ? Number(arg) : null,
+        leaderStart: words[2] !== undefined && /^\d+$/.test(words[2]) ? words[2] : null,
+      };
     case "exists":
     case "attached":
     case "gone":
