@@ -17,6 +17,7 @@ import {
   type StartBatchResponse,
 } from "../gen/fleetrun/v1/command_pb.js";
 import { summarize, type BatchInput, type BatchRunner, type BatchSummary } from "../exec/batch-runner.ts";
+import type { CommandRecord } from "../exec/ports.ts";
 import type { CommandEngine, CommandView } from "../exec/command-engine.ts";
 import { InvalidArgumentError } from "../exec/errors.ts";
 import type { Principal } from "./auth.ts";
@@ -125,11 +126,15 @@ export function batchHandlers(runner: BatchRunner, engine: CommandEngine, output
   return {
     async batch(req, p, signal) {
       const prepared = await runner.prepare(batchInput(req), p.name, true);
-      const summary = await runner.run(prepared, undefined, signal);
+      // The terminal records arrive with the results: only their output is read back.
+      const ended = new Map<string, CommandRecord>();
+      const summary = await runner.run(prepared, (c) => ended.set(c.id, c), signal);
       const data: Record<string, Command> = {};
       const budget = perMachineOutputBudget(prepared.records.length, prepared.batch.command, outputCap);
       for (const rec of prepared.records) {
-        data[rec.machineId] = cappedForBatch(await engine.get(rec.id), outputCap, budget);
+        const done = ended.get(rec.id);
+        const view = done ? await engine.view(done) : await engine.get(rec.id);
+        data[rec.machineId] = cappedForBatch(view, outputCap, budget);
       }
       return create(BatchResponseSchema, { data, meta: meta(summary) });
     },
