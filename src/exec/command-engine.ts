@@ -121,18 +121,7 @@ export class CommandEngine {
   }
 
   private targetOf(m: MachineRecord): MachineTarget {
-    return {
-      id: m.id,
-      host: m.host,
-      port: m.port,
-      username: m.username,
-      privateKey: m.privateKey,
-      passphrase: m.passphrase,
-      password: m.password,
-      hostKeyFingerprint: m.hostKeyFingerprint,
-      hostKeyAlgorithm: m.hostKeyAlgorithm,
-      local: this.deps.localMachine !== null && m.id === this.deps.localMachine.id,
-    };
+    return { ...m, local: this.deps.localMachine !== null && m.id === this.deps.localMachine.id };
   }
 
   private transportFor(target: MachineTarget): Transport {
