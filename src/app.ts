@@ -120,7 +120,6 @@ export function buildApp(deps: AppDeps): App {
       maxEnvBytes: config.maxEnvBytes,
       graceMs: config.graceMs,
       outputCapPerStream: config.outputCapPerStream,
-      syncReattachWindowMs: config.syncReattachWindowMs,
       detachedReattachSlackMs: config.detachedReattachSlackMs,
     },
     observer: {

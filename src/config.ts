@@ -80,12 +80,6 @@ const SPECS = {
     default: 30_000,
     parse: int(0, 3_600_000),
   },
-  syncReattachWindowMs: {
-    env: "FLEETRUN_SYNC_REATTACH_MS",
-    description: "After a dropped connection, how long a command with a waiting caller keeps trying to re-attach",
-    default: 10_000,
-    parse: int(0, 3_600_000),
-  },
   detachedReattachSlackMs: {
     env: "FLEETRUN_DETACHED_REATTACH_SLACK_MS",
     description: "How long past its timeout a detached command's re-attach attempts go on before it is `lost`",

@@ -34,8 +34,6 @@ export interface EngineConfig extends ExecLimits {
   graceMs: number;
   /** Stored output per stream (head and tail kept). */
   outputCapPerStream: number;
-  /** How long a caller-attached command keeps trying to re-attach after its connection dropped. */
-  syncReattachWindowMs: number;
   /** Extra time, past a command's timeout, that re-attach attempts go on for a detached command. */
   detachedReattachSlackMs: number;
 }
@@ -367,9 +365,8 @@ export class CommandEngine {
   private async follow(run: Run, last: JobEnd & { kind: "disconnected" }): Promise<JobEnd> {
     const { record } = run;
     const started = record.startedAt?.getTime() ?? Date.now();
-    const deadline = run.sync
-      ? Date.now() + this.deps.config.syncReattachWindowMs
-      : started + record.timeoutMs + this.deps.config.graceMs + this.deps.config.detachedReattachSlackMs;
+    // Worth trying while the command could still be running on its target.
+    const deadline = started + record.timeoutMs + this.deps.config.graceMs + this.deps.config.detachedReattachSlackMs;
     let delay = 250;
     let end: JobEnd = last;
     const transport = this.transportFor(run.target);
