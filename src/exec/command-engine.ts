@@ -85,6 +85,9 @@ interface Run {
 /** Slack of the light path's target-side watchdog behind the service's own timer. */
 const WATCHDOG_SLACK_MS = 2_000;
 
+/** A waiting caller's output up to this size per stream is handed over from memory. */
+const MIRROR_OUTPUT_UP_TO = 64 * 1024;
+
 /** A light-path command still running after this long gets its process group stored. */
 const PERSIST_PGID_AFTER_MS = 1_000;
 
@@ -296,7 +299,7 @@ export class CommandEngine {
     if (!ok) return (await commands.get(record.id)) ?? record;
     Object.assign(run.record, { status: "running", startedAt, runner });
     this.deps.observer?.commandStarted?.(run.record);
-    const log = OutputLog.fresh(commands, record.id, this.logOptions(record.id));
+    const log = OutputLog.fresh(commands, record.id, { ...this.logOptions(record.id), mirrorUpTo: MIRROR_OUTPUT_UP_TO });
     run.log = log;
     let timer: NodeJS.Timeout | null = null;
     let persist: NodeJS.Timeout | null = null;
@@ -452,11 +455,13 @@ export class CommandEngine {
     }
     Object.assign(run.record, full);
     this.deps.observer?.commandEnded?.(run.record);
+    const kept = run.log?.output();
     if (run.record.runner && run.record.runner.mode !== "direct" && run.remoteStarted && status !== "lost") {
       // The outcome is stored: the job's files on the target can go.
       cleanupJob(this.transportFor(run.target), run.target, run.record.runner.jobDir).catch(() => {});
     }
-    return { ...run.record };
+    // A waiting caller gets the output it already has in memory, when small.
+    return kept ? { ...run.record, ...kept } : { ...run.record };
   }
 
   private async requestCancel(run: Run): Promise<void> {
@@ -533,8 +538,9 @@ export class CommandEngine {
     return this.view(record);
   }
 
-  /** Adds the stored stdout and stderr to a record. */
-  async view(record: CommandRecord): Promise<CommandView> {
+  /** Adds the stored stdout and stderr to a record (unless it carries them already). */
+  async view(record: CommandRecord | CommandView): Promise<CommandView> {
+    if ("stdout" in record && Buffer.isBuffer(record.stdout) && Buffer.isBuffer(record.stderr)) return record;
     const chunks = await this.deps.stores.commands.readOutput(record.id, 0, Number.MAX_SAFE_INTEGER);
     return { ...record, ...joinOutput(chunks) };
   }

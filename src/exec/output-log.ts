@@ -30,6 +30,12 @@ export interface OutputLogOptions {
   flushDelayMs?: number;
   /** Called after each stored write with the new total of the log. */
   onStored?: (logBytes: number) => void;
+  /**
+   * Also keep a copy in memory while each stream stays within this many
+   * bytes, so the caller waiting for the command need not read it back.
+   * @default 0 (no copy)
+   */
+  mirrorUpTo?: number;
 }
 
 export class OutputLog {
@@ -45,6 +51,7 @@ export class OutputLog {
   private flushing: Promise<void> | null = null;
   private timer: NodeJS.Timeout | null = null;
   private failure: unknown = null;
+  private mirror: Record<OutputStreamName, Buffer[]> | null;
 
   private readonly store: CommandStore;
   private readonly commandId: string;
@@ -64,6 +71,14 @@ export class OutputLog {
     this.headCap = Math.floor(options.capPerStream / 2);
     this.tailCap = options.capPerStream - this.headCap;
     this.maxChunk = Math.max(64, Math.min(64 * 1024, Math.floor(this.tailCap / 4)));
+    const fresh = counters.logBytes === 0;
+    this.mirror = fresh && (options.mirrorUpTo ?? 0) > 0 && (options.mirrorUpTo ?? 0) <= this.headCap ? { stdout: [], stderr: [] } : null;
+  }
+
+  /** The whole output, while it is small enough to be kept in memory (see `mirrorUpTo`). */
+  output(): { stdout: Buffer; stderr: Buffer } | null {
+    if (!this.mirror) return null;
+    return { stdout: Buffer.concat(this.mirror.stdout), stderr: Buffer.concat(this.mirror.stderr) };
   }
 
   /** A log for a command that has no output yet. */
@@ -98,6 +113,11 @@ export class OutputLog {
    */
   async append(stream: OutputStreamName, data: Buffer): Promise<void> {
     if (this.failure) throw this.failure;
+    if (this.mirror) {
+      this.mirror[stream].push(data);
+      const total = (stream === "stdout" ? this.counters.stdoutBytes : this.counters.stderrBytes) + data.length;
+      if (total > (this.options.mirrorUpTo ?? 0)) this.mirror = null;
+    }
     let rest = data;
     while (rest.length > 0) {
       const total = stream === "stdout" ? this.counters.stdoutBytes : this.counters.stderrBytes;

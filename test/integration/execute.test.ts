@@ -150,6 +150,17 @@ describe.each(dbs)("Execute on %s", (db) => {
     expect(r.body.data.stdout).toBe(`${200 * 1024}\n`);
   });
 
+  it("returns outputs above and below the in-memory hand-over size byte for byte", async () => {
+    for (const n of [10, 65_536, 65_537, 300_000]) {
+      const r = await exec({ machine_id: userMachine, command: `head -c ${n} /dev/zero | tr '\\0' x; printf E >&2` });
+      expect(r.body.data.stdout).toBe("x".repeat(n));
+      expect(r.body.data.stderr).toBe("E");
+      expect(r.body.data.stdout_bytes).toBe(n);
+      const g = await svc.rest("GET", `/v1/commands/${r.body.data.id}`);
+      expect(g.body.data.stdout.length).toBe(n);
+    }
+  });
+
   it("does not interpret shell metacharacters in cwd, env or user", async () => {
     const marker = `/tmp/fleetrun-pwned-${unique()}`;
     const cwdAttack = await exec({ machine_id: rootMachine, command: "true", cwd: `/tmp/$(touch ${marker})` });
