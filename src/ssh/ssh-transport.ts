@@ -113,6 +113,19 @@ function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
 
+/** Channel events that may arrive before `wrap` listens (see `openExec`). */
+interface EarlyEvents {
+  exit: ExitInfo | null;
+  closed: boolean;
+}
+const earlyEvents = new WeakMap<ClientChannel, EarlyEvents>();
+
+function exitInfoOf(code: number | null, signal?: string): ExitInfo {
+  return typeof code === "number"
+    ? { code, signal: null }
+    : { code: null, signal: typeof signal === "string" ? signal.replace(/^SIG/, "") : null };
+}
+
 export function createSshTransport(options: SshTransportOptions = {}): Transport {
   const maxConns = Math.max(1, options.maxConnectionsPerMachine ?? 4);
   const maxChannels = Math.max(1, options.maxChannelsPerConnection ?? 8);
@@ -393,7 +406,20 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
   const openExec = (conn: Conn, commandLine: string): Promise<ClientChannel> =>
     new Promise((resolve, reject) => {
       try {
-        conn.client.exec(commandLine, (err, channel) => (err ? reject(err) : resolve(channel)));
+        conn.client.exec(commandLine, (err, channel) => {
+          if (err) return reject(err);
+          // A quick command's exit status and close can arrive in the same read
+          // as the exec's confirmation: record them now, before any await.
+          const early: EarlyEvents = { exit: null, closed: false };
+          earlyEvents.set(channel, early);
+          channel.on("exit", (code: number | null, signal?: string) => {
+            early.exit = exitInfoOf(code, signal);
+          });
+          channel.once("close", () => {
+            early.closed = true;
+          });
+          resolve(channel);
+        });
       } catch (err) {
         reject(err);
       }
@@ -445,19 +471,17 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
 
   const wrap = (target: MachineTarget, conn: Conn, channel: ClientChannel, options: ExecOptions): RemoteProcess => {
     conn.channels++;
-    let exit: ExitInfo | null = null;
+    const early = earlyEvents.get(channel) ?? { exit: null, closed: false };
+    let exit: ExitInfo | null = early.exit;
     channel.on("error", () => {
       // Channel errors are reflected in `done` through the connection state.
     });
     channel.stderr.on("error", () => {});
     channel.on("exit", (code: number | null, signal?: string) => {
-      exit =
-        typeof code === "number"
-          ? { code, signal: null }
-          : { code: null, signal: typeof signal === "string" ? signal.replace(/^SIG/, "") : null };
+      exit = exitInfoOf(code, signal);
     });
 
-    let channelClosed = false;
+    let channelClosed = early.closed;
     let stderrEnded = false;
     let settled = false;
     let resolveDone!: (info: ExitInfo) => void;
