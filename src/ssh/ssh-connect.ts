@@ -242,8 +242,31 @@ function authMethods(target: MachineTarget, key: ParsedKey | null): AuthMethod[]
   return methods as AuthMethod[];
 }
 
+/**
+ * sshd drops connections beyond `MaxStartups` before the SSH handshake, at
+ * random: nothing ran yet, so such a drop is retried (a refused port is not).
+ */
+function droppedBeforeHandshake(err: unknown): boolean {
+  return err instanceof TargetError && err.reason === "unreachable" && /ECONNRESET|before handshake/i.test(err.message);
+}
+
 /** Connects, authenticates and verifies the host key; rejects with a `TargetError`. */
 export async function connectSsh(
+  target: MachineTarget,
+  key: ParsedKey | null,
+  settings: ConnectSettings,
+): Promise<EstablishedConnection> {
+  for (let attemptNo = 0; ; attemptNo++) {
+    try {
+      return await connectOnce(target, key, settings);
+    } catch (err) {
+      if (attemptNo >= 3 || settings.signal?.aborted || !droppedBeforeHandshake(err)) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** attemptNo + Math.random() * 100));
+    }
+  }
+}
+
+async function connectOnce(
   target: MachineTarget,
   key: ParsedKey | null,
   settings: ConnectSettings,

@@ -44,7 +44,7 @@ export interface SshTransportOptions {
   keepaliveIntervalMs?: number;
   /** Unanswered keepalives before the connection is declared dead. @default 4 */
   keepaliveCountMax?: number;
-  /** Concurrent unauthenticated handshakes per `host:port`. @default 8 */
+  /** Concurrent unauthenticated handshakes per `host:port` (below OpenSSH's MaxStartups 10, with room for its lag). @default 6 */
   handshakesPerDestination?: number;
   /** Concurrent unauthenticated handshakes overall. @default 64 */
   handshakesOverall?: number;
@@ -136,7 +136,7 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
   const channelOpenRetries = options.channelOpenRetries ?? 8;
   const channelOpenBackoffMs = options.channelOpenBackoffMs ?? 20;
   const pacer: HandshakePacer = createHandshakePacer({
-    perDestination: options.handshakesPerDestination ?? 8,
+    perDestination: options.handshakesPerDestination ?? 6,
     overall: options.handshakesOverall ?? 64,
   });
 
