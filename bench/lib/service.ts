@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { restClient, type RestResponse } from "../../test/fixtures/service.ts";
 import { onCleanup } from "./cleanup.ts";
 
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -13,11 +14,7 @@ export const NODE = path.join(ROOT, "node_modules/.bin/node");
 const START_DEADLINE_MS = 30_000;
 const STOP_DEADLINE_MS = 20_000;
 
-export interface RestResponse {
-  status: number;
-  body: any;
-  text: string;
-}
+export type { RestResponse };
 
 export interface ServiceProcess {
   url: string;
@@ -86,24 +83,7 @@ export async function startServiceProcess(opts: ServiceOptions): Promise<Service
   };
   const unregister = onCleanup(`service pid ${child.pid}`, stopNow);
 
-  const rest = async (method: string, urlPath: string, body?: unknown): Promise<RestResponse> => {
-    const res = await fetch(url + urlPath, {
-      method,
-      headers: {
-        authorization: `Bearer ${opts.token}`,
-        ...(body !== undefined ? { "content-type": "application/json" } : {}),
-      },
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-    });
-    const text = await res.text();
-    let parsed: unknown = null;
-    try {
-      parsed = text ? JSON.parse(text) : null;
-    } catch {
-      parsed = null;
-    }
-    return { status: res.status, body: parsed, text };
-  };
+  const rest = restClient(url, opts.token);
 
   const deadline = Date.now() + START_DEADLINE_MS;
   for (;;) {
