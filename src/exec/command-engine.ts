@@ -585,20 +585,6 @@ export class CommandEngine {
     }
   }
 
-  /** Waits until a command reaches a terminal state (used by batch and tests). */
-  async waitTerminal(id: string, signal?: AbortSignal): Promise<CommandRecord> {
-    const run = this.runs.get(id);
-    if (run) return run.finished;
-    for (;;) {
-      const version = this.bus.version(id);
-      const r = await this.deps.stores.commands.get(id);
-      if (!r) throw new NotFoundError("command", id, "id");
-      if (isTerminal(r.status)) return r;
-      if (signal?.aborted) return r;
-      await this.bus.waitChange(id, version, signal);
-    }
-  }
-
   /**
    * At start: re-attaches to commands a previous process left running, and
    * settles those that can no longer run. Resolves once every command has a
