@@ -224,7 +224,7 @@ describe("ssh transport against OpenSSH", () => {
     expect(t.stats().channels).toBe(0);
   });
 
-  it("TCP_NODELAY: sequential execs on a pooled connection take a few ms, not a delayed-ACK stall", async () => {
+  it("TCP_NODELAY: sequential execs on a pooled connection are not held back by a delayed-ACK stall", async () => {
     const t = newTransport();
     // The login user: root's shell rc files on some hosts cost far more than the transport.
     const target = machine(7, { id: "mach_sshit_latency", username: fleet.users.login });
@@ -237,10 +237,11 @@ describe("ssh transport against OpenSSH", () => {
       expect(r.code).toBe(0);
     }
     expect(t.stats().connections).toBe(1);
-    times.sort((a, b) => a - b);
-    const median = ((times[9] ?? 0) + (times[10] ?? 0)) / 2;
-    // With Nagle on, each exec waits ~40 ms for a delayed ACK.
-    expect(median).toBeLessThan(20);
+    // With Nagle on, every exec waits for a delayed ACK (Linux: at least 40 ms; here
+    // 53-63 ms each, against 11-14 ms without). The fastest of 20 is compared, so a
+    // busy machine slowing some execs down cannot fail the test, while a stall that
+    // hits every exec still does.
+    expect(Math.min(...times)).toBeLessThan(40);
   });
 
   it("100 MB read slowly keeps memory bounded (backpressure reaches the remote side)", async () => {
