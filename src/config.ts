@@ -86,6 +86,18 @@ const SPECS = {
     default: 300_000,
     parse: int(0, 86_400_000),
   },
+  sshConnectTimeoutMs: {
+    env: "FLEETRUN_SSH_CONNECT_TIMEOUT_MS",
+    description: "A machine must answer (TCP connect and its SSH version line) within this, or it is `unreachable`",
+    default: 10_000,
+    parse: int(100, 600_000),
+  },
+  sshHandshakeTimeoutMs: {
+    env: "FLEETRUN_SSH_HANDSHAKE_TIMEOUT_MS",
+    description: "After it answered, a machine's key exchange and authentication must finish within this",
+    default: 30_000,
+    parse: int(100, 600_000),
+  },
   batchConcurrency: { env: "FLEETRUN_BATCH_CONCURRENCY", description: "Default max_concurrency of a batch", default: 50, parse: int(1, 10_000) },
   batchMaxMachines: { env: "FLEETRUN_BATCH_MAX_MACHINES", description: "Largest batch", default: 5_000, parse: int(1, 100_000) },
   batchOutputCap: {

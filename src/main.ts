@@ -21,6 +21,8 @@ async function main(): Promise<void> {
   const stores = await openStores({ dataDir: config.dataDir, ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}) });
   let storesRef = stores;
   const ssh = createSshTransport({
+    connectTimeoutMs: config.sshConnectTimeoutMs,
+    handshakeTimeoutMs: config.sshHandshakeTimeoutMs,
     onHostKeyLearned: (machineId, algorithm) => {
       storesRef.machines.update(machineId, { hostKeyAlgorithm: algorithm }).catch(() => {});
     },

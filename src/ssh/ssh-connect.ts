@@ -28,7 +28,10 @@ import type { SshErrorContext } from "./ssh-error.ts";
 const { Client, utils } = ssh2;
 
 export interface ConnectSettings {
-  readyTimeoutMs: number;
+  /** TCP connect until the server's SSH version line (OpenSSH's `ConnectTimeout`). */
+  connectTimeoutMs: number;
+  /** From the server's version line until authenticated: a host that answered but is busy gets this long. */
+  handshakeTimeoutMs: number;
   keepaliveIntervalMs: number;
   keepaliveCountMax: number;
   pacer: HandshakePacer;
@@ -46,7 +49,11 @@ export interface EstablishedConnection {
   learnedKeyType: string | null;
 }
 
-export function errorContext(target: MachineTarget, phase: "connect" | "exec", readyTimeoutMs?: number): SshErrorContext {
+export function errorContext(
+  target: MachineTarget,
+  phase: "connect" | "exec",
+  timeouts?: { connectTimeoutMs: number; handshakeTimeoutMs: number },
+): SshErrorContext {
   const ctx: SshErrorContext = {
     machineId: target.id,
     host: target.host,
@@ -55,7 +62,10 @@ export function errorContext(target: MachineTarget, phase: "connect" | "exec", r
     phase,
     secrets: [target.password, target.passphrase, target.privateKey],
   };
-  if (readyTimeoutMs !== undefined) ctx.readyTimeoutMs = readyTimeoutMs;
+  if (timeouts !== undefined) {
+    ctx.connectTimeoutMs = timeouts.connectTimeoutMs;
+    ctx.handshakeTimeoutMs = timeouts.handshakeTimeoutMs;
+  }
   return ctx;
 }
 
@@ -139,6 +149,20 @@ function attempt(
         });
         const client = new Client();
 
+        // Two deadlines, as OpenSSH's ConnectTimeout: the server must answer
+        // (its version line) within connectTimeoutMs; a server that answered
+        // is alive, only busy (a fleet-wide fan-out keeps every sshd busy),
+        // and gets handshakeTimeoutMs more to finish key exchange and auth.
+        let phaseTimer: NodeJS.Timeout | null = setTimeout(
+          () => fail(phaseTimeout("answer", settings.connectTimeoutMs)),
+          settings.connectTimeoutMs,
+        );
+        socket.once("data", () => {
+          if (settled || phaseTimer === null) return;
+          clearTimeout(phaseTimer);
+          phaseTimer = setTimeout(() => fail(phaseTimeout("handshake", settings.handshakeTimeoutMs)), settings.handshakeTimeoutMs);
+        });
+
         const fail = (err: unknown): void => {
           if (settled) return;
           settled = true;
@@ -174,6 +198,8 @@ function attempt(
           });
         };
         const cleanup = (): void => {
+          if (phaseTimer !== null) clearTimeout(phaseTimer);
+          phaseTimer = null;
           client.removeListener("ready", onReady);
           client.removeListener("close", onClose);
           settings.signal?.removeEventListener("abort", onAbort);
@@ -188,7 +214,8 @@ function attempt(
         const config: ConnectConfig = {
           sock: socket,
           username: target.username,
-          readyTimeout: settings.readyTimeoutMs,
+          // Our own phase timers decide; ssh2's is only a backstop.
+          readyTimeout: settings.connectTimeoutMs + settings.handshakeTimeoutMs + 1_000,
           keepaliveInterval: settings.keepaliveIntervalMs,
           keepaliveCountMax: settings.keepaliveCountMax,
           // Methods in order: the (pre-parsed) key, then the password, then
@@ -222,6 +249,13 @@ function attempt(
         }
       }),
   );
+}
+
+/** A connect deadline that passed: `client-timeout`, as ssh2's own, with the phase for the message. */
+function phaseTimeout(phase: "answer" | "handshake", ms: number): Error {
+  const err = new Error(phase === "answer" ? "Timed out waiting for the server to answer" : "Timed out while waiting for handshake");
+  Object.assign(err, { level: "client-timeout", phase });
+  return err;
 }
 
 function authMethods(target: MachineTarget, key: ParsedKey | null): AuthMethod[] {
@@ -271,7 +305,7 @@ async function connectOnce(
   key: ParsedKey | null,
   settings: ConnectSettings,
 ): Promise<EstablishedConnection> {
-  const ctx = errorContext(target, "connect", settings.readyTimeoutMs);
+  const ctx = errorContext(target, "connect", settings);
   const dest = destination(target.host, target.port);
   const pinned = target.hostKeyFingerprint?.trim() || null;
   const mapFailure = (err: unknown): TargetError =>

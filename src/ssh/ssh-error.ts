@@ -15,12 +15,15 @@ export interface SshErrorContext {
   phase: "connect" | "exec";
   /** Credentials of the target: removed from any text that reaches a message. */
   secrets: readonly (string | null)[];
-  /** The connect timeout, for the message. */
-  readyTimeoutMs?: number;
+  /** The connect deadlines, for the message. */
+  connectTimeoutMs?: number;
+  handshakeTimeoutMs?: number;
 }
 
 interface Ssh2Error extends Error {
   level?: string;
+  /** Set by our own connect deadlines: which one passed. */
+  phase?: "answer" | "handshake";
   code?: string | number;
   reason?: string | number;
 }
@@ -58,17 +61,27 @@ export function toTargetError(err: unknown, ctx: SshErrorContext): TargetError {
     case "client-authentication":
       return make("auth_failed", `authentication as ${JSON.stringify(ctx.username)} at ${dest} failed`);
 
-    // Handshake not finished within readyTimeout, or keepalive replies stopped.
-    // While connecting the host is unreachable; on an established connection
-    // (keepalive) the connection is lost.
+    // A connect deadline passed (no answer, or the handshake did not finish),
+    // or keepalive replies stopped. While connecting the host is unreachable;
+    // on an established connection (keepalive) the connection is lost.
     case "client-timeout":
       if (ctx.phase === "exec" || e.message === "Keepalive timeout") {
         return make("connection_lost", `connection to ${dest} lost: no keepalive reply`);
       }
-      return make(
-        "unreachable",
-        `timed out connecting to ${dest}` + (ctx.readyTimeoutMs ? ` after ${ctx.readyTimeoutMs} ms` : ""),
-      );
+      if (e.phase === "handshake") {
+        return make(
+          "unreachable",
+          `timed out connecting to ${dest}: the SSH handshake did not finish` +
+            (ctx.handshakeTimeoutMs ? ` within ${ctx.handshakeTimeoutMs} ms of the server's answer` : ""),
+        );
+      }
+      if (e.phase === "answer") {
+        return make(
+          "unreachable",
+          `timed out connecting to ${dest}: no SSH answer` + (ctx.connectTimeoutMs ? ` within ${ctx.connectTimeoutMs} ms` : ""),
+        );
+      }
+      return make("unreachable", `timed out connecting to ${dest}`);
 
     // TCP-level failure: ECONNREFUSED, EHOSTUNREACH, ETIMEDOUT, ENOTFOUND
     // (we open the socket ourselves, so DNS failures arrive here too), or

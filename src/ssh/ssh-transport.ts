@@ -38,8 +38,10 @@ export interface SshTransportOptions {
   maxChannelsPerConnection?: number;
   /** An unused connection is closed after this long. @default 60000 */
   idleTimeoutMs?: number;
-  /** TCP connect + SSH handshake + authentication must finish within this. @default 10000 */
-  readyTimeoutMs?: number;
+  /** TCP connect until the server's SSH version line must take at most this. @default 10000 */
+  connectTimeoutMs?: number;
+  /** From the server's version line until authenticated (a busy server answers, then is slow). @default 30000 */
+  handshakeTimeoutMs?: number;
   /** Interval of SSH keepalive requests. @default 3000 */
   keepaliveIntervalMs?: number;
   /** Unanswered keepalives before the connection is declared dead. @default 4 */
@@ -130,7 +132,7 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
   const maxConns = Math.max(1, options.maxConnectionsPerMachine ?? 4);
   const maxChannels = Math.max(1, options.maxChannelsPerConnection ?? 8);
   const idleTimeoutMs = options.idleTimeoutMs ?? 60_000;
-  const readyTimeoutMs = options.readyTimeoutMs ?? 10_000;
+  const timeouts = { connectTimeoutMs: options.connectTimeoutMs ?? 10_000, handshakeTimeoutMs: options.handshakeTimeoutMs ?? 30_000 };
   const keepaliveIntervalMs = options.keepaliveIntervalMs ?? 3_000;
   const keepaliveCountMax = options.keepaliveCountMax ?? 4;
   const channelOpenRetries = options.channelOpenRetries ?? 8;
@@ -300,7 +302,7 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
       return;
     }
     connectSsh(target, key, {
-      readyTimeoutMs,
+      ...timeouts,
       keepaliveIntervalMs,
       keepaliveCountMax,
       pacer,
@@ -363,7 +365,7 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
     const openConns = [...pool.conns].filter((c) => !c.closed && !c.closing).length;
     if (openConns === 0 && pool.connecting === 0) {
       // Nobody can serve the waiters: they all fail with this reason.
-      const mapped = toTargetError(err, errorContext(pool.target, "connect", readyTimeoutMs));
+      const mapped = toTargetError(err, errorContext(pool.target, "connect", timeouts));
       for (const w of pool.waiters.splice(0)) {
         w.signal?.removeEventListener("abort", w.onAbort);
         w.reject(mapped);

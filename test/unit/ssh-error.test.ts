@@ -13,7 +13,8 @@ const connect: SshErrorContext = {
   username: "deploy",
   phase: "connect",
   secrets: ["hunter2-secret", null],
-  readyTimeoutMs: 10_000,
+  connectTimeoutMs: 10_000,
+  handshakeTimeoutMs: 30_000,
 };
 const exec: SshErrorContext = { ...connect, phase: "exec" };
 
@@ -24,7 +25,19 @@ function leveled(message: string, level: string, code?: string | number): Error 
 describe("toTargetError", () => {
   it.each([
     [leveled("All configured authentication methods failed", "client-authentication"), connect, "auth_failed", 'authentication as "deploy" at 10.0.0.5:2222 failed'],
-    [leveled("Timed out while waiting for handshake", "client-timeout"), connect, "unreachable", "timed out connecting to 10.0.0.5:2222 after 10000 ms"],
+    [leveled("Timed out while waiting for handshake", "client-timeout"), connect, "unreachable", "timed out connecting to 10.0.0.5:2222"],
+    [
+      Object.assign(leveled("Timed out waiting for the server to answer", "client-timeout"), { phase: "answer" }),
+      connect,
+      "unreachable",
+      "timed out connecting to 10.0.0.5:2222: no SSH answer within 10000 ms",
+    ],
+    [
+      Object.assign(leveled("Timed out while waiting for handshake", "client-timeout"), { phase: "handshake" }),
+      connect,
+      "unreachable",
+      "timed out connecting to 10.0.0.5:2222: the SSH handshake did not finish within 30000 ms of the server's answer",
+    ],
     [leveled("Keepalive timeout", "client-timeout"), exec, "connection_lost", "connection to 10.0.0.5:2222 lost: no keepalive reply"],
     [leveled("connect ECONNREFUSED 10.0.0.5:2222", "client-socket", "ECONNREFUSED"), connect, "unreachable", "cannot connect to 10.0.0.5:2222: ECONNREFUSED"],
     [leveled("connect EHOSTUNREACH", "client-socket", "EHOSTUNREACH"), connect, "unreachable", "cannot connect to 10.0.0.5:2222: EHOSTUNREACH"],

@@ -385,22 +385,78 @@ describe("ssh transport against an in-process server", () => {
     expect(err.message).toBe(`cannot connect to 127.0.0.1:${port}: ECONNREFUSED`);
   });
 
-  it("a peer that accepts TCP but never speaks SSH is unreachable after readyTimeout", async () => {
+  it("a peer that accepts TCP but never speaks SSH is unreachable after the connect timeout", async () => {
     let peerClosed = false;
     // Reads (and ignores) what the client sends, so it sees the client's close.
     const silent = net.createServer((s) => s.resume().on("close", () => (peerClosed = true)));
     await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
     const port = (silent.address() as AddressInfo).port;
     cleanups.push(() => new Promise<void>((r) => silent.close(() => r())));
-    const transport = createSshTransport({ readyTimeoutMs: 300 });
+    const transport = createSshTransport({ connectTimeoutMs: 300, handshakeTimeoutMs: 60_000 });
     cleanups.push(() => transport.close());
     const started = Date.now();
     const err = await rejection(transport.exec(target(port), "echo:x"));
     expect(err.reason).toBe("unreachable");
-    expect(err.message).toContain("timed out");
-    expect(Date.now() - started).toBeLessThan(3_000);
+    expect(err.message).toBe(`timed out connecting to 127.0.0.1:${port}: no SSH answer within 300 ms`);
+    // The connect timeout decided, not the (much longer) handshake timeout.
+    expect(Date.now() - started).toBeLessThan(30_000);
     // The abandoned socket is closed, not leaked.
     await until(() => peerClosed, "socket closed");
+  });
+
+  it("a peer that answers but never finishes the handshake gets the handshake timeout", async () => {
+    let peerClosed = false;
+    const stalling = net.createServer((s) => {
+      s.write("SSH-2.0-stalling\r\n");
+      s.resume().on("close", () => (peerClosed = true));
+    });
+    await new Promise<void>((r) => stalling.listen(0, "127.0.0.1", r));
+    const port = (stalling.address() as AddressInfo).port;
+    cleanups.push(() => new Promise<void>((r) => stalling.close(() => r())));
+    const transport = createSshTransport({ connectTimeoutMs: 200, handshakeTimeoutMs: 1_000 });
+    cleanups.push(() => transport.close());
+    const started = Date.now();
+    const err = await rejection(transport.exec(target(port), "echo:x"));
+    expect(err.reason).toBe("unreachable");
+    expect(err.message).toBe(
+      `timed out connecting to 127.0.0.1:${port}: the SSH handshake did not finish within 1000 ms of the server's answer`,
+    );
+    // It was not cut off at the connect timeout: the answer moved the deadline.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1_000);
+    await until(() => peerClosed, "socket closed");
+  });
+
+  it("a server that answers in time but is slow to finish the handshake is waited for", async () => {
+    const server = new FakeServer();
+    await server.listen();
+    // Passes the server's version line at once, then holds everything else
+    // back for longer than the connect timeout.
+    const slow = net.createServer((down) => {
+      const up = net.connect(server.port, "127.0.0.1");
+      let first = true;
+      up.on("data", (d: Buffer) => {
+        if (first) {
+          first = false;
+          down.write(d);
+          return;
+        }
+        setTimeout(() => down.writable && down.write(d), 700);
+      });
+      down.on("data", (d: Buffer) => up.write(d));
+      const closeBoth = (): void => {
+        down.destroy();
+        up.destroy();
+      };
+      down.on("error", closeBoth).on("close", closeBoth);
+      up.on("error", closeBoth).on("close", closeBoth);
+    });
+    await new Promise<void>((r) => slow.listen(0, "127.0.0.1", r));
+    const port = (slow.address() as AddressInfo).port;
+    const transport = createSshTransport({ connectTimeoutMs: 300, handshakeTimeoutMs: 20_000 });
+    cleanups.push(() => server.close(), () => new Promise<void>((r) => slow.close(() => r())), () => transport.close());
+    const proc = await transport.exec(target(port), "echo:slow-but-alive");
+    expect((await readAll(proc)).stdout).toBe("slow-but-alive");
+    expect(await proc.done).toEqual({ code: 0, signal: null });
   });
 
   it("retries a refused channel (injected twice) and then succeeds", async () => {
