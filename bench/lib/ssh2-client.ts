@@ -75,8 +75,8 @@ export function exec(client: Client, command: string): Promise<ExecResult> {
 }
 
 /** Connect, exec `command`, disconnect. */
-export async function connectExec(t: Ssh2Target, command: string): Promise<ExecResult> {
-  const client = await connect(t);
+export async function connectExec(t: Ssh2Target, command: string, timeoutMs?: number): Promise<ExecResult> {
+  const client = await connect(t, timeoutMs);
   try {
     return await exec(client, command);
   } finally {

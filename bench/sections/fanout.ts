@@ -303,6 +303,10 @@ export async function runFanout(opts: FanoutOptions): Promise<SectionResult> {
     const v = pssh / cold;
     checks.push({ name: "parallel-ssh / fleetrun cold", value: v, unit: "x", target: "≥ 3", met: v >= 3 });
   }
+  if (ssh2 !== null && pssh !== null) {
+    // The most any client can reach on this box: the floor's own lead over parallel-ssh.
+    checks.push({ name: "parallel-ssh / bare ssh2 (ceiling)", value: pssh / ssh2, unit: "x", target: "(info)", met: true });
+  }
   if (warm !== null) checks.push({ name: "fleetrun warm batch", value: warm, unit: "ms", target: "< 1500 ms", met: warm < 1500 });
   for (const key of ["openssh", "openssh-curve", "ansible"]) {
     const v = med(key);
