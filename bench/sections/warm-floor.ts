@@ -13,7 +13,7 @@
  */
 import { randomBytes } from "node:crypto";
 import type { Client } from "ssh2";
-import { SCRIPT_COMMAND_LINE, collectScript, jobDirFor, newNonce, startScript } from "../../src/exec/remote-script.ts";
+import { SCRIPT_COMMAND_LINE, cleanupScript, collectScript, jobDirFor, newNonce, startScript } from "../../src/exec/remote-script.ts";
 import { onCleanup } from "../lib/cleanup.ts";
 import { connect } from "../lib/ssh2-client.ts";
 import { machineBusyMs, processCpuMs } from "../lib/proc.ts";
@@ -58,9 +58,19 @@ function execWithStdin(client: Client, command: string, stdin: string | null): P
   });
 }
 
+/** Job directories the scripts variant made, removed (untimed) after each round, as the service does once it stored an outcome. */
+const madeJobs: { client: Client; jobDir: string }[] = [];
+
+async function removeMadeJobs(): Promise<void> {
+  await Promise.all(
+    madeJobs.splice(0).map(({ client, jobDir }) => execWithStdin(client, SCRIPT_COMMAND_LINE, cleanupScript(newNonce(), jobDir)).catch(() => undefined)),
+  );
+}
+
 /** fleetrun's start script for `uptime`, then its collect script; true when the job ended with status 0. */
 async function viaScripts(client: Client): Promise<boolean> {
   const jobDir = jobDirFor(`cmd_bench${randomBytes(8).toString("hex")}`);
+  madeJobs.push({ client, jobDir });
   const nonce = newNonce();
   const start = await execWithStdin(
     client,
@@ -118,6 +128,7 @@ export async function runWarmFloor(opts: WarmFloorOptions): Promise<SectionResul
       let okRuns = 0;
       // One untimed round first (JIT, caches on the targets).
       await Promise.all(clients.map((c) => v.once(c).catch(() => false)));
+      await removeMadeJobs();
       for (let r = 0; r < opts.runs; r++) {
         const cpu0 = processCpuMs(process.pid) ?? 0;
         const busy0 = machineBusyMs();
@@ -127,6 +138,7 @@ export async function runWarmFloor(opts: WarmFloorOptions): Promise<SectionResul
         cpu.push((processCpuMs(process.pid) ?? 0) - cpu0);
         machine.push(machineBusyMs() - busy0);
         const good = ok.filter(Boolean).length;
+        await removeMadeJobs();
         if (good === n) okRuns++;
         log(`  ${v.key.padEnd(8)} ${((samples.at(-1) ?? 0) / 1000).toFixed(2)} s  ok ${good}/${n}`);
       }

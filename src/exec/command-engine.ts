@@ -91,10 +91,18 @@ const MIRROR_OUTPUT_UP_TO = 64 * 1024;
 /** A light-path command still running after this long gets its process group stored. */
 const PERSIST_PGID_AFTER_MS = 1_000;
 
+/** A machine's leftover job directories are swept at most this often (per service process). */
+const SWEEP_EVERY_MS = 24 * 3_600_000;
+
+/** A leftover job directory must be this much older than the longest a command can take. */
+const SWEEP_MARGIN_MS = 24 * 3_600_000;
+
 const ACTIVE: CommandStatus[] = ["queued", "running"];
 
 export class CommandEngine {
   private readonly runs = new Map<string, Run>();
+  /** When a detached start last swept each machine's leftover job directories. */
+  private readonly lastSweep = new Map<string, number>();
   readonly bus = new OutputBus();
   private accepting = true;
 
@@ -268,6 +276,7 @@ export class CommandEngine {
           user: record.user,
           timeoutMs: record.timeoutMs,
           graceMs: this.deps.config.graceMs,
+          sweepAfterMinutes: this.sweepDue(run.target.id),
         },
         (stream, data) => log.append(stream, data),
         () => this.onRemoteStarted(run),
@@ -345,6 +354,22 @@ export class CommandEngine {
       await killGroup(this.transportFor(run.target), run.target, groupOf(run.record.runner), record.user, this.deps.config.graceMs).catch(() => {});
     }
     return this.conclude(run, end);
+  }
+
+  /**
+   * Job directories left on a target (cleanup failed, or the outcome was
+   * given up as lost) are swept by a detached start on that machine, at most
+   * once a day per machine: those untouched for longer than any command may
+   * run and be re-attached, with no supervisor alive. Returns the age in
+   * minutes when this start should sweep, else null.
+   */
+  private sweepDue(machineId: string): number | null {
+    const now = Date.now();
+    const last = this.lastSweep.get(machineId);
+    if (last !== undefined && now - last < SWEEP_EVERY_MS) return null;
+    this.lastSweep.set(machineId, now);
+    const { maxTimeoutMs, graceMs, detachedReattachSlackMs } = this.deps.config;
+    return Math.ceil((maxTimeoutMs + graceMs + detachedReattachSlackMs + SWEEP_MARGIN_MS) / 60_000);
   }
 
   /** Options of the output log of command `id`. */

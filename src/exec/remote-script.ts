@@ -52,6 +52,12 @@ export interface StartSpec {
   user: string | null;
   timeoutMs: number;
   graceMs: number;
+  /**
+   * Also remove other job directories of this login whose files have not
+   * changed for this many minutes and whose supervisor is gone (left behind
+   * when the service could not clean up). Null or absent: no sweep.
+   */
+  sweepAfterMinutes?: number | null;
 }
 
 function seconds(ms: number): string {
@@ -195,9 +201,30 @@ flock -n 9 || fail spawn_failed
 setsid /bin/sh "$J/sup" "$J" "$U" ${q(seconds(spec.timeoutMs))} ${q(seconds(spec.graceMs))} ${tenths(spec.graceMs)} </dev/null >/dev/null 2>&1 &
 exec 9>&-
 hdr started
-A=1 B=1
+${spec.sweepAfterMinutes ? sweepScript(spec.sweepAfterMinutes) : ""}A=1 B=1
 ${FOLLOW}
 }
+`;
+}
+
+/**
+ * Removes leftover job directories in the background: only `cmd_*` ones,
+ * only when nothing in them changed for `minutes`, and only when no
+ * supervisor holds their lock. Any doubt (no `find`, a `find` error) keeps
+ * the directory.
+ */
+function sweepScript(minutes: number): string {
+  if (!Number.isSafeInteger(minutes) || minutes < 1) throw new Error(`bad sweep age ${minutes}`);
+  return `( cd "$HOME"/${q(JOBS_DIR)} 2>/dev/null || exit 0
+  command -v find >/dev/null 2>&1 || exit 0
+  me=\${J##*/}
+  for d in cmd_*; do
+    [ -d "$d" ] && [ "$d" != "$me" ] || continue
+    recent=$(find "$d" -mmin -${minutes} -print -quit 2>/dev/null) || continue
+    [ -z "$recent" ] || continue
+    flock -n "$d/lock" true 2>/dev/null || continue
+    rm -rf -- "$d"
+  done ) </dev/null >/dev/null 2>&1 9>&- &
 `;
 }
 
