@@ -98,6 +98,18 @@ const SPECS = {
     default: 30_000,
     parse: int(100, 600_000),
   },
+  sshHandshakesPerHost: {
+    env: "FLEETRUN_SSH_HANDSHAKES_PER_HOST",
+    description: "SSH handshakes in flight per host:port (keep below the target's MaxStartups start value, 10 by default)",
+    default: 6,
+    parse: int(1, 1_000),
+  },
+  sshHandshakesTotal: {
+    env: "FLEETRUN_SSH_HANDSHAKES_TOTAL",
+    description: "SSH handshakes in flight overall",
+    default: 64,
+    parse: int(1, 10_000),
+  },
   batchConcurrency: { env: "FLEETRUN_BATCH_CONCURRENCY", description: "Default max_concurrency of a batch", default: 50, parse: int(1, 10_000) },
   batchMaxMachines: { env: "FLEETRUN_BATCH_MAX_MACHINES", description: "Largest batch", default: 5_000, parse: int(1, 100_000) },
   batchOutputCap: {
@@ -126,6 +138,21 @@ const SPECS = {
 
 type Specs = typeof SPECS;
 export type Config = { -readonly [K in keyof Specs]: ReturnType<Specs[K]["parse"]> };
+
+/** The SSH transport's settings (connect deadlines, handshake pacing) from the configuration. */
+export function sshOptionsFrom(config: Config): {
+  connectTimeoutMs: number;
+  handshakeTimeoutMs: number;
+  handshakesPerDestination: number;
+  handshakesOverall: number;
+} {
+  return {
+    connectTimeoutMs: config.sshConnectTimeoutMs,
+    handshakeTimeoutMs: config.sshHandshakeTimeoutMs,
+    handshakesPerDestination: config.sshHandshakesPerHost,
+    handshakesOverall: config.sshHandshakesTotal,
+  };
+}
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const out: Record<string, unknown> = {};

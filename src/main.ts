@@ -5,7 +5,7 @@
 import fs from "node:fs";
 import { ensureAdminToken } from "./admin-token.ts";
 import { buildApp, loggerOptions } from "./app.ts";
-import { ConfigError, describeConfig, loadConfig } from "./config.ts";
+import { ConfigError, describeConfig, loadConfig, sshOptionsFrom } from "./config.ts";
 import { openStores } from "./db/index.ts";
 import { listenOnePort } from "./server/one-port-server.ts";
 import { createLocalTransport, createSshTransport } from "./ssh/index.ts";
@@ -21,8 +21,7 @@ async function main(): Promise<void> {
   const stores = await openStores({ dataDir: config.dataDir, ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}) });
   let storesRef = stores;
   const ssh = createSshTransport({
-    connectTimeoutMs: config.sshConnectTimeoutMs,
-    handshakeTimeoutMs: config.sshHandshakeTimeoutMs,
+    ...sshOptionsFrom(config),
     onHostKeyLearned: (machineId, algorithm) => {
       storesRef.machines.update(machineId, { hostKeyAlgorithm: algorithm }).catch(() => {});
     },
