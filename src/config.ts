@@ -4,6 +4,7 @@
  * mirrors this table.
  */
 import path from "node:path";
+import type { SshTransportOptions } from "./ssh/ssh-transport.ts";
 
 interface Spec<T> {
   env: string;
@@ -140,12 +141,9 @@ type Specs = typeof SPECS;
 export type Config = { -readonly [K in keyof Specs]: ReturnType<Specs[K]["parse"]> };
 
 /** The SSH transport's settings (connect deadlines, handshake pacing) from the configuration. */
-export function sshOptionsFrom(config: Config): {
-  connectTimeoutMs: number;
-  handshakeTimeoutMs: number;
-  handshakesPerDestination: number;
-  handshakesOverall: number;
-} {
+export function sshOptionsFrom(
+  config: Config,
+): Required<Pick<SshTransportOptions, "connectTimeoutMs" | "handshakeTimeoutMs" | "handshakesPerDestination" | "handshakesOverall">> {
   return {
     connectTimeoutMs: config.sshConnectTimeoutMs,
     handshakeTimeoutMs: config.sshHandshakeTimeoutMs,

@@ -160,22 +160,30 @@ class FakeServer {
   }
 }
 
-/** A TCP relay that can be frozen: it then drops everything, like a dead host. */
+/**
+ * A TCP relay that can be frozen: it then drops everything, like a dead host.
+ * `toClient`, when given, decides how the server's bytes are passed on.
+ */
 class FreezableRelay {
   readonly server: net.Server;
   port = 0;
   frozen = false;
   private readonly sockets = new Set<net.Socket>();
 
-  constructor(upstreamPort: number) {
+  constructor(upstreamPort: number, toClient?: (data: Buffer, write: (d: Buffer) => void) => void) {
     this.server = net.createServer((down) => {
       const up = net.connect(upstreamPort, "127.0.0.1");
       this.sockets.add(down).add(up);
+      const write = (d: Buffer): void => {
+        if (down.writable) down.write(d);
+      };
       down.on("data", (d) => {
         if (!this.frozen) up.write(d);
       });
-      up.on("data", (d) => {
-        if (!this.frozen) down.write(d);
+      up.on("data", (d: Buffer) => {
+        if (this.frozen) return;
+        if (toClient) toClient(d, write);
+        else down.write(d);
       });
       const closeBoth = (): void => {
         down.destroy();
@@ -195,6 +203,14 @@ class FreezableRelay {
     for (const s of this.sockets) s.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
+}
+
+/** A plain TCP server on 127.0.0.1, closed after the test; resolves with its port. */
+async function rawServer(onSocket: (s: net.Socket) => void): Promise<number> {
+  const server = net.createServer(onSocket);
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+  return (server.address() as AddressInfo).port;
 }
 
 function target(port: number, over: Partial<MachineTarget> = {}): MachineTarget {
@@ -388,10 +404,7 @@ describe("ssh transport against an in-process server", () => {
   it("a peer that accepts TCP but never speaks SSH is unreachable after the connect timeout", async () => {
     let peerClosed = false;
     // Reads (and ignores) what the client sends, so it sees the client's close.
-    const silent = net.createServer((s) => s.resume().on("close", () => (peerClosed = true)));
-    await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
-    const port = (silent.address() as AddressInfo).port;
-    cleanups.push(() => new Promise<void>((r) => silent.close(() => r())));
+    const port = await rawServer((s) => s.resume().on("close", () => (peerClosed = true)));
     const transport = createSshTransport({ connectTimeoutMs: 300, handshakeTimeoutMs: 60_000 });
     cleanups.push(() => transport.close());
     const started = Date.now();
@@ -406,13 +419,10 @@ describe("ssh transport against an in-process server", () => {
 
   it("a peer that answers but never finishes the handshake gets the handshake timeout", async () => {
     let peerClosed = false;
-    const stalling = net.createServer((s) => {
+    const port = await rawServer((s) => {
       s.write("SSH-2.0-stalling\r\n");
       s.resume().on("close", () => (peerClosed = true));
     });
-    await new Promise<void>((r) => stalling.listen(0, "127.0.0.1", r));
-    const port = (stalling.address() as AddressInfo).port;
-    cleanups.push(() => new Promise<void>((r) => stalling.close(() => r())));
     const transport = createSshTransport({ connectTimeoutMs: 200, handshakeTimeoutMs: 1_000 });
     cleanups.push(() => transport.close());
     const started = Date.now();
@@ -431,30 +441,14 @@ describe("ssh transport against an in-process server", () => {
     await server.listen();
     // Passes the server's version line at once, then holds everything else
     // back for longer than the connect timeout.
-    const slow = net.createServer((down) => {
-      const up = net.connect(server.port, "127.0.0.1");
-      let first = true;
-      up.on("data", (d: Buffer) => {
-        if (first) {
-          first = false;
-          down.write(d);
-          return;
-        }
-        setTimeout(() => down.writable && down.write(d), 700);
-      });
-      down.on("data", (d: Buffer) => up.write(d));
-      const closeBoth = (): void => {
-        down.destroy();
-        up.destroy();
-      };
-      down.on("error", closeBoth).on("close", closeBoth);
-      up.on("error", closeBoth).on("close", closeBoth);
+    const slow = new FreezableRelay(server.port, (d, write) => {
+      if (d.subarray(0, 4).toString("latin1") === "SSH-") write(d);
+      else setTimeout(() => write(d), 700);
     });
-    await new Promise<void>((r) => slow.listen(0, "127.0.0.1", r));
-    const port = (slow.address() as AddressInfo).port;
+    await slow.listen();
     const transport = createSshTransport({ connectTimeoutMs: 300, handshakeTimeoutMs: 20_000 });
-    cleanups.push(() => server.close(), () => new Promise<void>((r) => slow.close(() => r())), () => transport.close());
-    const proc = await transport.exec(target(port), "echo:slow-but-alive");
+    cleanups.push(() => server.close(), () => slow.close(), () => transport.close());
+    const proc = await transport.exec(target(slow.port), "echo:slow-but-alive");
     expect((await readAll(proc)).stdout).toBe("slow-but-alive");
     expect(await proc.done).toEqual({ code: 0, signal: null });
   });
