@@ -1,8 +1,9 @@
 /**
- * CommandStore on SQL through the Kysely instance MikroORM manages: the hot
- * paths (get, transition, output) are single indexed statements, with no
- * entity hydration or identity map in between. One code path serves both
- * drivers; Kysely writes each dialect's placeholders.
+ * CommandStore on SQL. The hot paths (insert, get, transition, output) run
+ * as prepared statements on the driver (command-hot-path.ts), their writes
+ * group-committed: one transaction per event-loop turn for every running
+ * command. The rest (history, listings, retention) goes through the Kysely
+ * instance MikroORM manages; one code path serves both drivers there.
  */
 import { FleetError, InvalidArgumentError } from "../exec/errors.ts";
 import { TERMINAL_STATUSES } from "../exec/ports.ts";
@@ -27,12 +28,12 @@ import {
   toNumber,
 } from "./db-context.ts";
 import type { Db, DbContext } from "./db-context.ts";
+import type { CommandHotPath, WriteOp, WriteResult } from "./command-hot-path.ts";
+import { WriteBatcher, type WriteBatcherOptions, type WriteBatcherStats } from "./write-batcher.ts";
 import { decodeHistoryCursor, encodeHistoryCursor } from "./history-cursor.ts";
 import type { CommandRow } from "./tables.ts";
 
 const ACTIVE_STATUSES: readonly CommandStatus[] = ["queued", "running"];
-/** Rows per multi-row INSERT (25 columns: well under both drivers' bind limits). */
-const INSERT_BATCH = 200;
 /** Chunk rows fetched per round trip by `readOutput`. */
 const READ_BATCH = 64;
 /** Commands deleted per transaction by `prune`. */
@@ -71,9 +72,23 @@ const IMMUTABLE_FIELDS = new Set<string>(["id", "machineId", "createdAt"]);
 
 export class SqlCommandStore implements CommandStore {
   readonly #ctx: DbContext;
+  readonly #hot: CommandHotPath;
+  readonly #writes: WriteBatcher<WriteOp, WriteResult>;
 
-  constructor(ctx: DbContext) {
+  constructor(ctx: DbContext, hot: CommandHotPath, options: WriteBatcherOptions = {}) {
     this.#ctx = ctx;
+    this.#hot = hot;
+    this.#writes = new WriteBatcher((ops) => hot.apply(ops), options);
+  }
+
+  /** Group-commit figures (for metrics). */
+  writeStats(): WriteBatcherStats {
+    return this.#writes.stats();
+  }
+
+  /** Settles every write submitted so far (before the database is closed). */
+  drain(): Promise<void> {
+    return this.#writes.drain();
   }
 
   async insert(cmd: CommandRecord): Promise<void> {
@@ -84,22 +99,11 @@ export class SqlCommandStore implements CommandStore {
     if (cmds.length === 0) return;
     const perMachine = new Map<string, number>();
     for (const cmd of cmds) perMachine.set(cmd.machineId, (perMachine.get(cmd.machineId) ?? 0) + 1);
-    await this.#ctx.fork().transactional(async (em) => {
-      const db = kysely(em);
-      for (let i = 0; i < cmds.length; i += INSERT_BATCH) {
-        const rows = cmds.slice(i, i + INSERT_BATCH).map((c) => this.#toRow(c));
-        await db.insertInto("commands").values(rows).execute();
-      }
-      for (const [machineId, n] of perMachine) await addToCount(db, machineId, n);
-    });
+    await this.#writes.submit({ kind: "insert", rows: cmds.map((c) => this.#toRow(c)), counts: [...perMachine] });
   }
 
   async get(id: string): Promise<CommandRecord | null> {
-    const row = await kysely(this.#ctx.fork())
-      .selectFrom("commands")
-      .selectAll()
-      .where("id", "=", id)
-      .executeTakeFirst();
+    const row = await this.#hot.get(id);
     return row === undefined ? null : fromRow(row);
   }
 
@@ -121,16 +125,8 @@ export class SqlCommandStore implements CommandStore {
       if (write === undefined) throw new FleetError("internal", `unknown command field ${key}`);
       Object.assign(set, write(this.#ctx, value));
     }
-    const db = kysely(this.#ctx.fork());
     // An empty patch still checks the status (a no-op assignment).
-    const query = Object.keys(set).length === 0
-      ? db.updateTable("commands").set((eb) => ({ status: eb.ref("status") }))
-      : db.updateTable("commands").set(set);
-    const result = await query
-      .where("id", "=", id)
-      .where("status", "in", [...from])
-      .executeTakeFirst();
-    return Number(result.numUpdatedRows) > 0;
+    return (await this.#writes.submit({ kind: "transition", id, from, set })) === true;
   }
 
   async appendOutput(
@@ -140,66 +136,28 @@ export class SqlCommandStore implements CommandStore {
     counters: OutputCounters,
   ): Promise<void> {
     const ctx = this.#ctx;
-    await ctx.fork().transactional(async (em) => {
-      const db = kysely(em);
-      for (let i = 0; i < chunks.length; i += INSERT_BATCH) {
-        const rows = chunks.slice(i, i + INSERT_BATCH).map((c) => ({
-          command_id: id,
-          byte_offset: c.offset,
-          stream: c.stream,
-          data: c.data,
-        }));
-        // A chunk stored before (a retried append) stays as it was.
-        await db
-          .insertInto("command_output")
-          .values(rows)
-          .onConflict((oc) => oc.columns(["command_id", "byte_offset"]).doNothing())
-          .execute();
-      }
-      for (let i = 0; i < dropOffsets.length; i += INSERT_BATCH) {
-        await db
-          .deleteFrom("command_output")
-          .where("command_id", "=", id)
-          .where("byte_offset", "in", dropOffsets.slice(i, i + INSERT_BATCH))
-          .execute();
-      }
-      await db
-        .updateTable("commands")
-        .set({
-          stdout_bytes: counters.stdoutBytes,
-          stderr_bytes: counters.stderrBytes,
-          log_bytes: counters.logBytes,
-          stdout_truncated: toDbBool(ctx, counters.stdoutTruncated),
-          stderr_truncated: toDbBool(ctx, counters.stderrTruncated),
-        })
-        .where("id", "=", id)
-        .execute();
+    await this.#writes.submit({
+      kind: "output",
+      id,
+      // A chunk stored before (a retried append) stays as it was.
+      chunks: chunks.map((c) => ({ byte_offset: c.offset, stream: c.stream, data: c.data })),
+      drops: dropOffsets,
+      counters: {
+        stdout_bytes: counters.stdoutBytes,
+        stderr_bytes: counters.stderrBytes,
+        log_bytes: counters.logBytes,
+        stdout_truncated: toDbBool(ctx, counters.stdoutTruncated),
+        stderr_truncated: toDbBool(ctx, counters.stderrTruncated),
+      },
     });
   }
 
   async readOutput(id: string, fromOffset: number, maxBytes: number): Promise<OutputChunkRecord[]> {
-    const db = kysely(this.#ctx.fork());
     const out: OutputChunkRecord[] = [];
     let collected = 0;
     // First round: start at the chunk that contains `fromOffset` (the last one
     // starting at or before it), found on the primary key.
-    let rows = await db
-      .selectFrom("command_output")
-      .select(["byte_offset", "stream", "data"])
-      .where("command_id", "=", id)
-      .where("byte_offset", ">=", (eb) =>
-        eb.fn.coalesce(
-          eb
-            .selectFrom("command_output")
-            .select((s) => s.fn.max("byte_offset").as("start"))
-            .where("command_id", "=", id)
-            .where("byte_offset", "<=", fromOffset),
-          eb.lit(0),
-        ),
-      )
-      .orderBy("byte_offset")
-      .limit(READ_BATCH)
-      .execute();
+    let rows = await this.#hot.outputFrom(id, fromOffset, READ_BATCH);
     for (;;) {
       for (const row of rows) {
         const offset = toNumber(row.byte_offset);
@@ -210,14 +168,7 @@ export class SqlCommandStore implements CommandStore {
       }
       const last = rows.at(-1);
       if (rows.length < READ_BATCH || last === undefined) return out;
-      rows = await db
-        .selectFrom("command_output")
-        .select(["byte_offset", "stream", "data"])
-        .where("command_id", "=", id)
-        .where("byte_offset", ">", last.byte_offset)
-        .orderBy("byte_offset")
-        .limit(READ_BATCH)
-        .execute();
+      rows = await this.#hot.outputAfter(id, toNumber(last.byte_offset), READ_BATCH);
     }
   }
 

@@ -11,11 +11,14 @@ import type { SqlEntityManager } from "@mikro-orm/sqlite";
 import { InvalidArgumentError } from "../exec/errors.ts";
 import type { Stores } from "../exec/ports.ts";
 import { OrmBatchStore } from "./batch-store.ts";
+import type { CommandHotPath } from "./command-hot-path.ts";
 import { SqlCommandStore } from "./command-store.ts";
 import type { DbContext, DriverName } from "./db-context.ts";
 import { ENTITIES } from "./entities.ts";
 import { OrmMachineStore } from "./machine-store.ts";
 import { POSTGRESQL_MIGRATIONS, SQLITE_MIGRATIONS } from "./migrations/index.ts";
+import { PgHotPath, type PgPool } from "./pg-hot-path.ts";
+import { SqliteHotPath, type SqliteDatabase } from "./sqlite-hot-path.ts";
 
 export interface DbConfig {
   /** `postgres://…` or `postgresql://…` selects PostgreSQL; unset = SQLite file `<dataDir>/fleetrun.db`. */
@@ -66,9 +69,13 @@ export async function openStores(config: DbConfig): Promise<Stores> {
     driver,
     fork: () => orm.em.fork() as SqlEntityManager,
   };
+  // The driver's own client (the connection MikroORM uses), for the hot paths.
+  const native = await (orm.em.getConnection() as unknown as { getNativeClient(): Promise<unknown> }).getNativeClient();
+  const hot: CommandHotPath = driver === "sqlite" ? new SqliteHotPath(native as SqliteDatabase) : new PgHotPath(native as PgPool);
+  const commands = new SqlCommandStore(ctx, hot);
   let closed = false;
   return {
-    commands: new SqlCommandStore(ctx),
+    commands,
     machines: new OrmMachineStore(ctx),
     batches: new OrmBatchStore(ctx),
     async ping() {
@@ -77,6 +84,7 @@ export async function openStores(config: DbConfig): Promise<Stores> {
     async close() {
       if (closed) return;
       closed = true;
+      await commands.drain();
       await orm.close(true);
     },
   };

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openStores } from "../../src/db/index.ts";
+import type { SqlCommandStore } from "../../src/db/command-store.ts";
 import type { DbConfig } from "../../src/db/index.ts";
 import { AlreadyExistsError, InvalidArgumentError } from "../../src/exec/errors.ts";
 import type {
@@ -321,6 +322,55 @@ for (const driver of drivers) {
         expect(results.filter(Boolean).length).toBe(1);
         const winner = ends[results.indexOf(true)];
         expect((await stores.commands.get(c.id))?.status).toBe(winner);
+      });
+
+      it("group-commits the writes of one event-loop turn in one transaction", async () => {
+        const store = stores.commands as SqlCommandStore;
+        const cmds = Array.from({ length: 40 }, () => command("mach_group", { status: "running" }));
+        await stores.commands.insertMany(cmds);
+        const before = store.writeStats().batches;
+        // One turn: output, counters and a transition for each of 40 commands.
+        await Promise.all(
+          cmds.flatMap((c, i) => [
+            stores.commands.appendOutput(c.id, [{ offset: 0, stream: "stdout", data: Buffer.from(`out ${i}\n`) }], [], {
+              stdoutBytes: `out ${i}\n`.length,
+              stderrBytes: 0,
+              logBytes: `out ${i}\n`.length,
+              stdoutTruncated: false,
+              stderrTruncated: false,
+            }),
+            stores.commands.transition(c.id, ["running"], { runner: { jobDir: `j${i}`, user: null } }),
+          ]),
+        );
+        expect(store.writeStats().batches - before).toBe(1);
+        for (const [i, c] of cmds.entries()) {
+          const got = await stores.commands.get(c.id);
+          expect(got).toMatchObject({ stdoutBytes: `out ${i}\n`.length, runner: { jobDir: `j${i}` } });
+          const out = await stores.commands.readOutput(c.id, 0, 1 << 20);
+          expect(Buffer.concat(out.map((o) => o.data)).toString()).toBe(`out ${i}\n`);
+        }
+      });
+
+      it("fails a bad write alone: the others of its batch are stored", async () => {
+        const a = command("mach_fail");
+        const b = command("mach_fail");
+        const [ra, dup, rb, ta] = await Promise.allSettled([
+          stores.commands.insert(a),
+          stores.commands.insert({ ...a }),
+          stores.commands.insert(b),
+          stores.commands.transition(a.id, ["queued"], { status: "running" }),
+        ]);
+        expect(ra.status).toBe("fulfilled");
+        expect(dup.status).toBe("rejected");
+        expect(rb.status).toBe("fulfilled");
+        expect(ta).toEqual({ status: "fulfilled", value: true });
+        expect((await stores.commands.get(a.id))?.status).toBe("running");
+        expect((await stores.commands.get(b.id))?.status).toBe("queued");
+        const page = await stores.commands.history({
+          machineId: "mach_fail", limit: 10, offset: 0, cursor: null, since: null, status: null, exitCode: null, requestedBy: null,
+        });
+        // The per-machine count moved once per stored command, not for the failed one.
+        expect(page.total).toBe(2);
       });
 
       it("stores output, drops a middle and reads from any offset", async () => {
