@@ -1,5 +1,5 @@
 /**
- * The command store's hot paths in plain SQL on the driver itself: what every
+ * The stores' hot paths in plain SQL on the driver itself: what every
  * running command does many times (state transitions, output chunks and
  * counters, reads of one command and of its output). No query builder, no
  * EntityManager: statements are written once per shape and prepared once per
@@ -8,7 +8,7 @@
  * Everything else (history, retention, listings) stays on Kysely, where a
  * query is rare enough that building it costs nothing that matters.
  */
-import type { CommandRow, OutputChunkRow } from "./tables.ts";
+import type { CommandRow, MachineRow, OutputChunkRow } from "./tables.ts";
 
 /** Columns of `commands`, in insert order. */
 export const COMMAND_COLUMNS = [
@@ -70,6 +70,8 @@ export interface CommandHotPath {
   /** Applies writes in one transaction; one result or Error per write. */
   apply(ops: readonly WriteOp[]): Promise<Array<WriteResult | Error>> | Array<WriteResult | Error>;
   get(id: string): Promise<CommandRow | undefined> | CommandRow | undefined;
+  /** One machine row (every start, cancel and re-attach reads one). */
+  getMachine(id: string): Promise<MachineRow | undefined> | MachineRow | undefined;
   /** Chunks of `id` from the one that holds `fromOffset` on, up to `limit` rows. */
   outputFrom(id: string, fromOffset: number, limit: number): Promise<ChunkRow[]> | ChunkRow[];
   /** Chunks of `id` starting after `afterOffset`, up to `limit` rows. */

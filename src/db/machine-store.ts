@@ -1,5 +1,6 @@
 /**
- * MachineStore through MikroORM entities (one EntityManager fork per call).
+ * MachineStore through MikroORM entities (one EntityManager fork per call),
+ * except `get`, which every command start does: a prepared statement.
  * Fleets hold at most thousands of machines, so label matching loads the
  * machines and filters in memory: simple, and exact for any key or value.
  */
@@ -7,16 +8,20 @@ import { UniqueConstraintViolationException } from "@mikro-orm/core";
 import type { InferEntity } from "@mikro-orm/core";
 import { AlreadyExistsError, FleetError } from "../exec/errors.ts";
 import type { MachineListQuery, MachineRecord, MachineStore } from "../exec/ports.ts";
-import type { DbContext } from "./db-context.ts";
+import type { CommandHotPath } from "./command-hot-path.ts";
+import { toDate, type DbContext } from "./db-context.ts";
 import { MachineEntity } from "./entities.ts";
+import type { MachineRow } from "./tables.ts";
 
 type Machine = InferEntity<typeof MachineEntity>;
 
 export class OrmMachineStore implements MachineStore {
   readonly #ctx: DbContext;
+  readonly #hot: CommandHotPath;
 
-  constructor(ctx: DbContext) {
+  constructor(ctx: DbContext, hot: CommandHotPath) {
     this.#ctx = ctx;
+    this.#hot = hot;
   }
 
   async create(machine: MachineRecord): Promise<void> {
@@ -29,9 +34,10 @@ export class OrmMachineStore implements MachineStore {
     }
   }
 
+  /** Every start reads its machine: a prepared statement, not an entity load. */
   async get(id: string): Promise<MachineRecord | null> {
-    const entity = await this.#ctx.fork().findOne(MachineEntity, { id });
-    return entity === null ? null : fromEntity(entity);
+    const row = await this.#hot.getMachine(id);
+    return row === undefined ? null : fromRow(row);
   }
 
   async getMany(ids: string[]): Promise<MachineRecord[]> {
@@ -139,6 +145,24 @@ function fromEntity(e: Machine): MachineRecord {
     labels: JSON.parse(e.labels) as Record<string, string>,
     createdAt: requireDate(e.createdAt),
     updatedAt: requireDate(e.updatedAt),
+  };
+}
+
+function fromRow(r: MachineRow): MachineRecord {
+  return {
+    id: r.id,
+    name: r.name,
+    host: r.host,
+    port: r.port,
+    username: r.username,
+    privateKey: r.private_key,
+    passphrase: r.passphrase,
+    password: r.password,
+    hostKeyFingerprint: r.host_key_fingerprint,
+    hostKeyAlgorithm: r.host_key_algorithm,
+    labels: JSON.parse(r.labels) as Record<string, string>,
+    createdAt: toDate(r.created_at),
+    updatedAt: toDate(r.updated_at),
   };
 }
 

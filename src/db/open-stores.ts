@@ -76,7 +76,7 @@ export async function openStores(config: DbConfig): Promise<Stores> {
   let closed = false;
   return {
     commands,
-    machines: new OrmMachineStore(ctx),
+    machines: new OrmMachineStore(ctx, hot),
     batches: new OrmBatchStore(ctx),
     async ping() {
       await ctx.fork().getConnection().execute("select 1");

@@ -15,7 +15,7 @@ import {
   type WriteOp,
   type WriteResult,
 } from "./command-hot-path.ts";
-import type { CommandRow } from "./tables.ts";
+import type { CommandRow, MachineRow } from "./tables.ts";
 
 /** The parts of node-postgres' API used here. */
 export interface PgQueryable {
@@ -73,6 +73,7 @@ const SET_COUNTERS = `update commands c set stdout_bytes = v.so, stderr_bytes = 
   from unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::boolean[], $6::boolean[]) as v(id, so, se, lb, st, et)
   where c.id = v.id`;
 const GET = `select * from commands where id = $1`;
+const GET_MACHINE = `select * from machines where id = $1`;
 const OUTPUT_FROM = `select byte_offset, stream, data from command_output
   where command_id = $1 and byte_offset >= coalesce(
     (select max(byte_offset) from command_output where command_id = $1 and byte_offset <= $2), 0)
@@ -125,6 +126,11 @@ export class PgHotPath implements CommandHotPath {
   async get(id: string): Promise<CommandRow | undefined> {
     const r = await this.#pool.query(this.#named(GET, [id]));
     return r.rows[0] as CommandRow | undefined;
+  }
+
+  async getMachine(id: string): Promise<MachineRow | undefined> {
+    const r = await this.#pool.query(this.#named(GET_MACHINE, [id]));
+    return r.rows[0] as MachineRow | undefined;
   }
 
   async outputFrom(id: string, fromOffset: number, limit: number): Promise<ChunkRow[]> {

@@ -17,7 +17,7 @@ import {
   type WriteOp,
   type WriteResult,
 } from "./command-hot-path.ts";
-import type { CommandRow } from "./tables.ts";
+import type { CommandRow, MachineRow } from "./tables.ts";
 
 /** The parts of better-sqlite3's API used here. */
 export interface SqliteStatement {
@@ -39,6 +39,7 @@ const INSERT_CHUNK = `insert into command_output (command_id, byte_offset, strea
 const DROP_CHUNK = `delete from command_output where command_id = ? and byte_offset = ?`;
 const SET_COUNTERS = `update commands set stdout_bytes = ?, stderr_bytes = ?, log_bytes = ?, stdout_truncated = ?, stderr_truncated = ? where id = ?`;
 const GET = `select * from commands where id = ?`;
+const GET_MACHINE = `select * from machines where id = ?`;
 const OUTPUT_FROM = `select byte_offset, stream, data from command_output
   where command_id = ? and byte_offset >= coalesce(
     (select max(byte_offset) from command_output where command_id = ? and byte_offset <= ?), 0)
@@ -73,6 +74,10 @@ export class SqliteHotPath implements CommandHotPath {
 
   get(id: string): CommandRow | undefined {
     return this.#stmt(GET).get(id) as CommandRow | undefined;
+  }
+
+  getMachine(id: string): MachineRow | undefined {
+    return this.#stmt(GET_MACHINE).get(id) as MachineRow | undefined;
   }
 
   outputFrom(id: string, fromOffset: number, limit: number): ChunkRow[] {
