@@ -11,6 +11,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { FailedPreconditionError, NotFoundError, TargetError, UnavailableError } from "./errors.ts";
 import { newId } from "./ids.ts";
 import { OutputBus } from "./output-bus.ts";
+import { FlushClock } from "./flush-clock.ts";
 import { OutputLog } from "./output-log.ts";
 import {
   isTerminal,
@@ -104,6 +105,8 @@ export class CommandEngine {
   /** When a detached start last swept each machine's leftover job directories. */
   private readonly lastSweep = new Map<string, number>();
   readonly bus = new OutputBus();
+  /** Flushes every running command's output together. */
+  private readonly flushClock = new FlushClock();
   private accepting = true;
 
   private readonly deps: EngineDeps;
@@ -376,6 +379,7 @@ export class CommandEngine {
   private logOptions(id: string) {
     return {
       capPerStream: this.deps.config.outputCapPerStream,
+      clock: this.flushClock,
       onStored: () => this.bus.notify(id),
     };
   }

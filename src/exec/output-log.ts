@@ -6,6 +6,7 @@
  * are stored, so a reader that resumes from any offset it saw misses nothing
  * and gets nothing twice, also across a restart of the service.
  */
+import type { FlushClock, Flushable } from "./flush-clock.ts";
 import type { CommandStore, OutputChunkRecord, OutputCounters, OutputStreamName } from "./ports.ts";
 
 interface PendingChunk {
@@ -26,8 +27,10 @@ interface TailEntry {
 export interface OutputLogOptions {
   /** Bytes stored per stream: the first half and the last half are kept. */
   capPerStream: number;
-  /** Coalescing window before a write is stored, in ms. */
+  /** Coalescing window before a write is stored, in ms (without a `clock`). */
   flushDelayMs?: number;
+  /** The process-wide clock that flushes every log's output together (replaces `flushDelayMs`). */
+  clock?: FlushClock;
   /** Called after each stored write with the new total of the log. */
   onStored?: (logBytes: number) => void;
   /**
@@ -38,7 +41,7 @@ export interface OutputLogOptions {
   mirrorUpTo?: number;
 }
 
-export class OutputLog {
+export class OutputLog implements Flushable {
   readonly counters: OutputCounters;
   private readonly headCap: number;
   private readonly tailCap: number;
@@ -129,6 +132,8 @@ export class OutputLog {
     }
     if (this.pendingBytes >= this.maxChunk * 4) {
       await this.flush();
+    } else if (this.options.clock) {
+      this.options.clock.schedule(this);
     } else if (!this.timer) {
       this.timer = setTimeout(() => {
         this.timer = null;
@@ -176,12 +181,21 @@ export class OutputLog {
     }
   }
 
+  /**
+   * Flush for the clock's tick. A failure is kept and thrown to the next
+   * `append` or `flush`, whose caller ends the command.
+   */
+  flushNow(): void {
+    this.flush().catch(() => undefined);
+  }
+
   /** Stores everything appended so far. */
   async flush(): Promise<void> {
     if (this.timer) {
       clearTimeout(this.timer);
       this.timer = null;
     }
+    this.options.clock?.cancel(this);
     while (this.flushing) await this.flushing;
     if (this.failure) throw this.failure;
     if (this.pending.length === 0 && this.drops.length === 0) return;
@@ -217,5 +231,6 @@ export class OutputLog {
   close(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    this.options.clock?.cancel(this);
   }
 }

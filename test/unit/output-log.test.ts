@@ -1,5 +1,6 @@
 /** The combined output log: offsets, head/tail truncation, coalescing, backpressure. */
 import { describe, expect, it } from "vitest";
+import { FlushClock } from "../../src/exec/flush-clock.ts";
 import { OutputLog } from "../../src/exec/output-log.ts";
 import type { CommandStore, OutputChunkRecord, OutputCounters } from "../../src/exec/ports.ts";
 
@@ -93,5 +94,27 @@ describe("OutputLog", () => {
     expect(tail).toMatch(/^z+$/);
     expect(tail.length).toBeGreaterThanOrEqual(128 - 64);
     expect(m.counters()!.logBytes).toBe(1500);
+  });
+
+  it("flushes every log waiting on one clock in the same turn, with one timer", async () => {
+    const m = memoryStore();
+    const clock = new FlushClock({ minIntervalMs: 5, maxIntervalMs: 50, logsPerMs: 10 });
+    const logs = Array.from({ length: 300 }, (_, i) => OutputLog.fresh(m.store, `cmd_${i}`, { capPerStream: 1 << 20, clock }));
+    for (const [i, log] of logs.entries()) await log.append("stdout", Buffer.from(`out ${i}\n`));
+    expect(m.writes()).toBe(0);
+    expect(clock.waiting).toBe(300);
+    // 300 waiting logs stretch the tick to 30 ms (10 per ms), within [5, 50].
+    expect(clock.intervalMs).toBe(30);
+    const deadline = Date.now() + 5_000;
+    while (m.writes() < 300 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    expect(m.writes()).toBe(300);
+    expect(clock.waiting).toBe(0);
+    // A log that flushed by itself is not flushed again by the tick.
+    await logs[0]!.append("stdout", Buffer.from("more\n"));
+    expect(clock.waiting).toBe(1);
+    await logs[0]!.flush();
+    expect(clock.waiting).toBe(0);
+    expect(m.writes()).toBe(301);
+    clock.stop();
   });
 });
