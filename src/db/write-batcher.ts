@@ -31,7 +31,11 @@ interface Pending<Op, R> {
 }
 
 export interface WriteBatcherOptions {
-  /** Most writes applied by one transaction (the rest wait for the next). @default 2000 */
+  /**
+   * Most writes applied by one transaction; the rest wait for the next turn,
+   * so that one synchronous SQLite transaction stays a few milliseconds long.
+   * @default 500
+   */
   maxBatch?: number;
   /** Called after each batch with its size and duration (ms). */
   onBatch?: (size: number, ms: number) => void;
@@ -50,7 +54,7 @@ export class WriteBatcher<Op, R> {
 
   constructor(execute: BatchExecutor<Op, R>, options: WriteBatcherOptions = {}) {
     this.#execute = execute;
-    this.#maxBatch = options.maxBatch ?? 2000;
+    this.#maxBatch = options.maxBatch ?? 500;
     this.#onBatch = options.onBatch;
   }
 
