@@ -20,9 +20,11 @@ import { TargetError } from "../exec/errors.ts";
 import type {
   ExecOptions,
   ExitInfo,
+  HandshakeStats,
   MachineTarget,
   ProbeResult,
   RemoteProcess,
+  StartReservation,
   Transport,
   TransportStats,
 } from "../exec/ports.ts";
@@ -50,6 +52,8 @@ export interface SshTransportOptions {
   handshakesPerDestination?: number;
   /** Concurrent unauthenticated handshakes overall. @default 64 */
   handshakesOverall?: number;
+  /** Handshakes a new start may have to wait behind; beyond it `reserveStart` refuses. @default 256 */
+  handshakeQueue?: number;
   /** Retries of a refused channel (`Channel open failure`) before `spawn_failed`. @default 8 */
   channelOpenRetries?: number;
   /** First backoff after a refused channel; doubles per retry, capped at 1 s. @default 20 */
@@ -140,6 +144,7 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
   const pacer: HandshakePacer = createHandshakePacer({
     perDestination: options.handshakesPerDestination ?? 6,
     overall: options.handshakesOverall ?? 64,
+    maxQueued: options.handshakeQueue ?? 256,
   });
 
   /** Pools by `machineId + settings hash`. */
@@ -581,6 +586,25 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
       for (const pool of [...pools.values()]) {
         if (pool.machineId === machineId) retire(pool);
       }
+    },
+
+    // A new start needs a handshake only when no open connection has room,
+    // none being opened will take it, and the pool may open another one.
+    reserveStart(target): StartReservation | null {
+      const none: StartReservation = { release() {} };
+      if (closed) return none;
+      const pool = pools.get(`${target.id}:${settingsHash(target)}`);
+      if (pool !== undefined && !pool.retired) {
+        if (pool.waiters.length === 0 && bestConn(pool, Date.now()) !== null) return none;
+        if (pool.waiters.length < pool.connecting * maxChannels) return none;
+        if (pool.conns.size + pool.connecting >= maxConns) return none;
+      }
+      const release = pacer.reserve(destination(target.host, target.port));
+      return release === null ? null : { release };
+    },
+
+    handshakeStats(): HandshakeStats {
+      return { active: pacer.active(), queued: pacer.waiting(), maxQueued: pacer.maxQueued };
     },
 
     stats(): TransportStats {
