@@ -198,11 +198,14 @@ export class CommandLease {
     else this.admission.forceOne();
     if (this.pendingUnused > 0) this.pendingUnused--;
     else this.admission.addPending();
-    const reservation = this.reservation;
+    let reservation = this.reservation;
     this.reservation = null;
     let pending = true;
     let ended = false;
-    const dispatched = (): void => reservation?.release();
+    const dispatched = (): void => {
+      reservation?.release();
+      reservation = null;
+    };
     return {
       started: () => {
         dispatched();
