@@ -126,7 +126,7 @@ const SPECS = {
   maxPendingStarts: {
     env: "FLEETRUN_MAX_PENDING_STARTS",
     description: "Accepted commands not yet running on their target (waiting for a connection, handshake or channel); beyond it starts are refused (429)",
-    default: 1_000,
+    default: 1_500,
     parse: int(1, 1_000_000),
   },
   maxFollowers: {

@@ -151,6 +151,8 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
   const pools = new Map<string, Pool>();
   /** The current pool of each machine. */
   const currentPool = new Map<string, Pool>();
+  /** Admitted starts not yet at `exec`, and the handshake places they hold, per pool key. */
+  const reservations = new Map<string, { holds: number; starts: number }>();
   /** Key types learned for a pinned fingerprint, per machine (in memory only). */
   const learned = new Map<string, { fingerprint: string; keyType: string }>();
   let closed = false;
@@ -590,17 +592,44 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
 
     // A new start needs a handshake only when no open connection has room,
     // none being opened will take it, and the pool may open another one.
+    // Starts admitted together on one machine share reservations: each
+    // connection to be opened serves `maxChannels` of them.
     reserveStart(target): StartReservation | null {
       const none: StartReservation = { release() {} };
       if (closed) return none;
-      const pool = pools.get(`${target.id}:${settingsHash(target)}`);
+      const key = `${target.id}:${settingsHash(target)}`;
+      const pool = pools.get(key);
+      let open = 0;
       if (pool !== undefined && !pool.retired) {
         if (pool.waiters.length === 0 && bestConn(pool, Date.now()) !== null) return none;
         if (pool.waiters.length < pool.connecting * maxChannels) return none;
-        if (pool.conns.size + pool.connecting >= maxConns) return none;
+        open = pool.conns.size + pool.connecting;
       }
-      const release = pacer.reserve(destination(target.host, target.port));
-      return release === null ? null : { release };
+      const r = reservations.get(key) ?? { holds: 0, starts: 0 };
+      let pacerRelease: (() => void) | null = null;
+      // Covered by a handshake already reserved, or the pool can open no more
+      // connections (the start waits for a channel, not a handshake).
+      const rides = r.holds * maxChannels > r.starts || open + r.holds >= maxConns;
+      if (!rides) {
+        pacerRelease = pacer.reserve(destination(target.host, target.port));
+        if (pacerRelease === null) return null;
+        r.holds++;
+      }
+      r.starts++;
+      reservations.set(key, r);
+      let released = false;
+      return {
+        release() {
+          if (released) return;
+          released = true;
+          r.starts--;
+          if (pacerRelease !== null) {
+            r.holds--;
+            pacerRelease();
+          }
+          if (r.starts === 0 && reservations.get(key) === r) reservations.delete(key);
+        },
+      };
     },
 
     handshakeStats(): HandshakeStats {

@@ -5,7 +5,9 @@
 import { describe, expect, it } from "vitest";
 import { Admission, RETRY_AFTER_SECONDS, type AdmissionLimit } from "../../src/exec/admission.ts";
 import { ResourceExhaustedError } from "../../src/exec/errors.ts";
+import type { MachineTarget } from "../../src/exec/ports.ts";
 import { createHandshakePacer } from "../../src/ssh/handshake-pacer.ts";
+import { createSshTransport } from "../../src/ssh/ssh-transport.ts";
 
 const SETTINGS: Record<AdmissionLimit, string> = {
   active_commands: "FLEETRUN_MAX_ACTIVE_COMMANDS",
@@ -157,5 +159,40 @@ describe("handshake pacer reservations", () => {
     const pacer = createHandshakePacer({ perDestination: 1, overall: 10, maxQueued: 0 });
     expect(pacer.reserve("h:22")).not.toBeNull();
     expect(pacer.reserve("h:22")).toBeNull();
+  });
+});
+
+describe("SSH transport start reservations", () => {
+  const target = (id: string): MachineTarget => ({
+    id,
+    host: "192.0.2.1",
+    port: 22,
+    username: "root",
+    privateKey: null,
+    passphrase: null,
+    password: "x",
+    hostKeyFingerprint: null,
+    hostKeyAlgorithm: null,
+  });
+
+  it("lets starts on one machine share a reserved handshake, and refuses another machine's that would queue", async () => {
+    const t = createSshTransport({ handshakesPerDestination: 1, handshakeQueue: 0, maxChannelsPerConnection: 2 });
+    try {
+      const a1 = t.reserveStart!(target("a"));
+      const a2 = t.reserveStart!(target("a"));
+      expect(a1).not.toBeNull();
+      expect(a2).not.toBeNull();
+      // Same host:port, no free handshake slot, no queue: refused.
+      expect(t.reserveStart!(target("b"))).toBeNull();
+      // A third start on `a` needs a second connection (2 channels each): refused too.
+      expect(t.reserveStart!(target("a"))).toBeNull();
+      a1!.release();
+      a2!.release();
+      a2!.release();
+      expect(t.reserveStart!(target("b"))).not.toBeNull();
+      expect(t.handshakeStats!()).toEqual({ active: 0, queued: 0, maxQueued: 0 });
+    } finally {
+      await t.close();
+    }
   });
 });

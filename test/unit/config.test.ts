@@ -51,7 +51,7 @@ describe("configuration", () => {
   it("defaults the admission limits so one process takes ~1,000 commands on 50 machines", () => {
     const c = loadConfig({});
     expect(c.maxActiveCommands).toBe(2_000);
-    expect(c.maxPendingStarts).toBe(1_000);
+    expect(c.maxPendingStarts).toBe(1_500);
     expect(c.sshHandshakeQueue).toBe(500);
     expect(c.maxFollowers).toBe(2_000);
     expect(c.maxActiveCommands).toBeGreaterThanOrEqual(1_000);
