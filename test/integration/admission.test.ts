@@ -13,7 +13,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { status as GrpcStatus, type ServiceError } from "@grpc/grpc-js";
 import { CommandService } from "../../src/gen/fleetrun/v1/command_pb.js";
-import { GrpcClient, eventually, registerMachine, startService, type RestResponse, type TestService } from "../fixtures/service.ts";
+import { GrpcClient, eventually, processesWith, registerMachine, startService, type RestResponse, type TestService } from "../fixtures/service.ts";
 
 const fleet = inject("sshFleet");
 
@@ -86,6 +86,11 @@ describe("commands and followers at their limits", () => {
     dir = markerDir();
   }, 60_000);
   afterAll(async () => {
+    if (dir) {
+      // Even after a failure, nothing is left waiting on the targets.
+      for (const f of ["release", "gate"]) fs.writeFileSync(path.join(dir, f), "");
+      await eventually(() => processesWith(dir).length === 0, 10_000, "waiting commands to end");
+    }
     await svc?.close();
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
@@ -94,6 +99,15 @@ describe("commands and followers at their limits", () => {
   const waiting = (name: string) => `while [ ! -e ${dir}/release ]; do sleep 0.05; done; touch ${dir}/${name}`;
 
   it("refuses starts beyond the active commands limit at once, never stores or runs them, and accepts again once they ended", async () => {
+    try {
+      await refusesBeyondActiveLimit();
+    } finally {
+      // Whatever failed, the waiting commands end (the next tests need their places).
+      fs.writeFileSync(path.join(dir, "release"), "");
+    }
+  }, 60_000);
+
+  const refusesBeyondActiveLimit = async () => {
     const accepted: string[] = [];
     for (let i = 0; i < 3; i++) {
       const r = await svc.rest("POST", "/v1/commands/async", { machine_id: machines[i], command: waiting(`ok-${i}`) });
@@ -116,6 +130,8 @@ describe("commands and followers at their limits", () => {
     // gRPC (grpc-js): RESOURCE_EXHAUSTED with retry-after.
     const client = new GrpcClient(svc.url, svc.token);
     try {
+      // The HTTP/2 connection first: the clock below is the service's answer alone.
+      await client.unary(CommandService.method.getCommand, { id: accepted[0]! });
       const t0 = performance.now();
       const err = await grpcRefusal(client.unary(CommandService.method.startCommand, { machineId: machines[3], command: `touch ${dir}/refused-grpc` }));
       expect(performance.now() - t0).toBeLessThan(1_000);
@@ -148,7 +164,7 @@ describe("commands and followers at their limits", () => {
     const again = await svc.rest("POST", "/v1/commands", { machine_id: machines[3], command: "echo again" });
     expect(again.status, again.text).toBe(200);
     expect(again.body.data.stdout).toBe("again\n");
-  }, 60_000);
+  };
 
   it("runs a batch whose max_concurrency exceeds the limit at most the limit at a time, every item to completion", async () => {
     const mark = `${dir}/batch-${Date.now()}`;
@@ -164,7 +180,7 @@ describe("commands and followers at their limits", () => {
   }, 60_000);
 
   it("refuses a second follower with 429 / RESOURCE_EXHAUSTED, and ExecuteAsync without starting anything", async () => {
-    const gate = `${dir}/gate-${Date.now()}`;
+    const gate = `${dir}/gate`;
     const run = await svc.rest("POST", "/v1/commands/async", { machine_id: machines[0], command: `while [ ! -e ${gate} ]; do sleep 0.05; done; echo done` });
     expect(run.status).toBe(202);
     const id = run.body.data.id as string;
@@ -179,6 +195,7 @@ describe("commands and followers at their limits", () => {
 
     const client = new GrpcClient(svc.url, svc.token);
     try {
+      await client.unary(CommandService.method.getCommand, { id });
       const watchErr = await new Promise<ServiceError>((resolve, reject) => {
         const s = client.stream(CommandService.method.watchCommand, { id });
         s.on("data", () => reject(new Error("a second follower got data")));
