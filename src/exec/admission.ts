@@ -125,6 +125,15 @@ export class Admission {
     return new CommandLease(this, n, reservation);
   }
 
+  /**
+   * Throws what `admitCommands(n)` would for the command limits, taking
+   * nothing: lets a call be refused before any other work (a lookup in the
+   * database) when the process is already full.
+   */
+  precheck(n: number): void {
+    if (this.active + n > this.limits.maxActiveCommands || this.pending + n > this.limits.maxPendingStarts) this.admitCommands(n);
+  }
+
   /** Places taken without a check: commands this process must follow anyway (re-attached after a restart). */
   forceCommands(n: number): CommandLease {
     this.active += n;

@@ -192,6 +192,8 @@ export class CommandEngine {
   async execute(input: ExecuteInput, requestedBy: string, signal?: AbortSignal): Promise<CommandView> {
     this.assertAccepting();
     const opts = this.validate(input);
+    // Refused at once when full: no database work for a call that cannot be taken.
+    this.deps.admission.precheck(1);
     const machine = await this.resolveMachine(input.machineId);
     const slot = this.admitOne(machine);
     const record = this.newRecord(machine.id, opts, requestedBy, true);
@@ -216,6 +218,8 @@ export class CommandEngine {
   async start(input: ExecuteInput, requestedBy: string): Promise<CommandRecord> {
     this.assertAccepting();
     const opts = this.validate(input);
+    // Refused at once when full: no database work for a call that cannot be taken.
+    this.deps.admission.precheck(1);
     const machine = await this.resolveMachine(input.machineId);
     const slot = this.admitOne(machine);
     const record = this.newRecord(machine.id, opts, requestedBy, false);

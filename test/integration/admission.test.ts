@@ -96,7 +96,11 @@ describe("commands and followers at their limits", () => {
   });
 
   /** A command that waits for `release` in the marker dir, then leaves `name` there. */
-  const waiting = (name: string) => `while [ ! -e ${dir}/release ]; do sleep 0.05; done; touch ${dir}/${name}`;
+  const waiting = (name: string) => `while [ ! -e ${dir}/release ]; do sleep 0.1; done; touch ${dir}/${name}`;
+
+  /** Every place free again (a failed test before must not fail the next). */
+  const idle = async () =>
+    eventually(async () => metric(await (await fetch(svc.url + "/metrics")).text(), "fleetrun_active_commands") === 0, 20_000, "no active commands");
 
   it("refuses starts beyond the active commands limit at once, never stores or runs them, and accepts again once they ended", async () => {
     try {
@@ -167,6 +171,7 @@ describe("commands and followers at their limits", () => {
   };
 
   it("runs a batch whose max_concurrency exceeds the limit at most the limit at a time, every item to completion", async () => {
+    await idle();
     const mark = `${dir}/batch-${Date.now()}`;
     fs.mkdirSync(mark);
     fs.chmodSync(mark, 0o777);
@@ -181,7 +186,8 @@ describe("commands and followers at their limits", () => {
 
   it("refuses a second follower with 429 / RESOURCE_EXHAUSTED, and ExecuteAsync without starting anything", async () => {
     const gate = `${dir}/gate`;
-    const run = await svc.rest("POST", "/v1/commands/async", { machine_id: machines[0], command: `while [ ! -e ${gate} ]; do sleep 0.05; done; echo done` });
+    await idle();
+    const run = await svc.rest("POST", "/v1/commands/async", { machine_id: machines[0], command: `while [ ! -e ${gate} ]; do sleep 0.1; done; echo done` });
     expect(run.status).toBe(202);
     const id = run.body.data.id as string;
 
