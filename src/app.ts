@@ -6,14 +6,15 @@ import os from "node:os";
 import { createRouterTransport, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import type { FastifyInstance, FastifyServerOptions } from "fastify";
-import type { Config } from "./config.ts";
+import { settingName, type Config } from "./config.ts";
+import { Admission } from "./exec/admission.ts";
 import { BatchRunner } from "./exec/batch-runner.ts";
 import { CommandEngine } from "./exec/command-engine.ts";
 import { MachineRegistry } from "./exec/machine-registry.ts";
 import type { MachineRecord, Stores, Transport } from "./exec/ports.ts";
 import { CommandService } from "./gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "./gen/fleetrun/v1/machine_pb.js";
-import { Counter, Gauge, Histogram, Registry } from "./metrics.ts";
+import { Counter, EVENT_LOOP_LAG_BUCKETS, Gauge, Histogram, Registry, sampleEventLoopLag } from "./metrics.ts";
 import { registerRestRoutes, restLoggerSerializers } from "./rest/rest-routes.ts";
 import { authInterceptor, TokenVerifier } from "./rpc/auth.ts";
 import { batchHandlers } from "./rpc/batch-handlers.ts";
@@ -107,6 +108,23 @@ export function buildApp(deps: AppDeps): App {
     new Histogram("fleetrun_command_duration_seconds", "Duration of ended commands, by status", [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600]),
   );
 
+  const refusals = metrics.add(new Counter("fleetrun_admission_refused_total", "Calls refused at a limit (429 / RESOURCE_EXHAUSTED), by limit"));
+  const admission = new Admission({
+    limits: { maxActiveCommands: config.maxActiveCommands, maxPendingStarts: config.maxPendingStarts, maxFollowers: config.maxFollowers },
+    settings: {
+      active_commands: settingName("maxActiveCommands"),
+      pending_starts: settingName("maxPendingStarts"),
+      ssh_handshake_queue: settingName("sshHandshakeQueue"),
+      followers: settingName("maxFollowers"),
+    },
+    onRefused: (limit) => refusals.inc({ limit }),
+  });
+  const lag = metrics.add(
+    new Histogram("fleetrun_event_loop_lag_seconds", "How late a timer due every 100 ms fired: the event loop's lag", EVENT_LOOP_LAG_BUCKETS),
+  );
+  const lagSampler = sampleEventLoopLag(lag, 100);
+  fastify.addHook("onClose", async () => lagSampler.stop());
+
   const localMachine = config.localMachine ? localMachineRecord() : null;
   const engine = new CommandEngine({
     stores,
@@ -122,6 +140,7 @@ export function buildApp(deps: AppDeps): App {
       outputCapPerStream: config.outputCapPerStream,
       detachedReattachSlackMs: config.detachedReattachSlackMs,
     },
+    admission,
     observer: {
       commandStarted: (c) => commandsStarted.inc({ machine_id: c.machineId }),
       commandEnded: (c) => {
@@ -140,6 +159,11 @@ export function buildApp(deps: AppDeps): App {
   metrics.add(new Gauge("fleetrun_ssh_connections", "Open SSH connections", () => deps.ssh.stats().connections));
   metrics.add(new Gauge("fleetrun_ssh_channels", "Open SSH channels", () => deps.ssh.stats().channels));
   metrics.add(new Gauge("fleetrun_followers", "Clients following live output", () => engine.bus.followers));
+  metrics.add(new Gauge("fleetrun_active_commands", "Commands admitted in this process and not ended (queued or running, all modes)", () => admission.activeCommands));
+  metrics.add(new Gauge("fleetrun_pending_starts", "Admitted commands not yet running on their target", () => admission.pendingStarts));
+  metrics.add(new Gauge("fleetrun_stream_followers", "Admitted live-output followers (WatchCommand, ExecuteAsync, REST /stream)", () => admission.followers));
+  metrics.add(new Gauge("fleetrun_ssh_handshakes_active", "SSH handshakes in progress", () => deps.ssh.handshakeStats?.().active ?? 0));
+  metrics.add(new Gauge("fleetrun_ssh_handshakes_queued", "SSH handshakes waiting for a slot", () => deps.ssh.handshakeStats?.().queued ?? 0));
 
   const registry = new MachineRegistry({
     machines: stores.machines,

@@ -111,6 +111,30 @@ const SPECS = {
     default: 64,
     parse: int(1, 10_000),
   },
+  sshHandshakeQueue: {
+    env: "FLEETRUN_SSH_HANDSHAKE_QUEUE",
+    description: "SSH handshakes a new start may wait behind for a slot; a start that would wait beyond it is refused (429), not queued",
+    default: 500,
+    parse: int(0, 1_000_000),
+  },
+  maxActiveCommands: {
+    env: "FLEETRUN_MAX_ACTIVE_COMMANDS",
+    description: "Commands this process runs or queues at once, all modes (Execute, async, batch items in flight); beyond it starts are refused (429)",
+    default: 2_000,
+    parse: int(1, 1_000_000),
+  },
+  maxPendingStarts: {
+    env: "FLEETRUN_MAX_PENDING_STARTS",
+    description: "Accepted commands not yet running on their target (waiting for a connection, handshake or channel); beyond it starts are refused (429)",
+    default: 1_500,
+    parse: int(1, 1_000_000),
+  },
+  maxFollowers: {
+    env: "FLEETRUN_MAX_FOLLOWERS",
+    description: "Clients following live output at once (WatchCommand, ExecuteAsync, REST /stream); beyond it new followers are refused (429)",
+    default: 2_000,
+    parse: int(1, 1_000_000),
+  },
   batchConcurrency: { env: "FLEETRUN_BATCH_CONCURRENCY", description: "Default max_concurrency of a batch", default: 50, parse: int(1, 10_000) },
   batchMaxMachines: { env: "FLEETRUN_BATCH_MAX_MACHINES", description: "Largest batch", default: 5_000, parse: int(1, 100_000) },
   batchOutputCap: {
@@ -143,13 +167,19 @@ export type Config = { -readonly [K in keyof Specs]: ReturnType<Specs[K]["parse"
 /** The SSH transport's settings (connect deadlines, handshake pacing) from the configuration. */
 export function sshOptionsFrom(
   config: Config,
-): Required<Pick<SshTransportOptions, "connectTimeoutMs" | "handshakeTimeoutMs" | "handshakesPerDestination" | "handshakesOverall">> {
+): Required<Pick<SshTransportOptions, "connectTimeoutMs" | "handshakeTimeoutMs" | "handshakesPerDestination" | "handshakesOverall" | "handshakeQueue">> {
   return {
     connectTimeoutMs: config.sshConnectTimeoutMs,
     handshakeTimeoutMs: config.sshHandshakeTimeoutMs,
     handshakesPerDestination: config.sshHandshakesPerHost,
     handshakesOverall: config.sshHandshakesTotal,
+    handshakeQueue: config.sshHandshakeQueue,
   };
+}
+
+/** The environment variable of a setting, for messages that name it. */
+export function settingName(key: keyof Config): string {
+  return SPECS[key].env;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {

@@ -94,3 +94,32 @@ export class Registry {
     return this.metrics.map((m) => m.render()).join("\n") + "\n";
   }
 }
+
+/** Buckets of the event loop lag, fine enough to tell 10, 50 and 100 ms apart. */
+export const EVENT_LOOP_LAG_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+/**
+ * Samples the event loop's lag: a timer due every `intervalMs` observes how
+ * late it fired (seconds) into `histogram`. The timer is unref'd (it never
+ * keeps a process alive); `stop()` ends it.
+ */
+export function sampleEventLoopLag(histogram: Histogram, intervalMs = 100): { stop(): void } {
+  let timer: NodeJS.Timeout | null = null;
+  let due = 0;
+  const arm = (): void => {
+    due = performance.now() + intervalMs;
+    timer = setTimeout(tick, intervalMs);
+    timer.unref();
+  };
+  const tick = (): void => {
+    histogram.observe({}, Math.max(0, performance.now() - due) / 1000);
+    arm();
+  };
+  arm();
+  return {
+    stop() {
+      if (timer !== null) clearTimeout(timer);
+      timer = null;
+    },
+  };
+}

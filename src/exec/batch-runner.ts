@@ -3,7 +3,14 @@
  * (history, follow, cancel) sharing a batch id. `maxConcurrency` bounds how
  * many run at once; once more than `maxErrors` failed, nothing new is
  * launched and the rest are recorded as `skipped`.
+ *
+ * Admission: a batch takes places for its first wave (min(machines,
+ * max_concurrency)) among the process's active commands and pending starts
+ * before anything is stored, or is refused as a whole (429). Its later items
+ * wait within the batch and reuse the places of items that ended; so
+ * max_concurrency is capped at those two limits.
  */
+import type { CommandLease } from "./admission.ts";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "./errors.ts";
 import type { CommandEngine } from "./command-engine.ts";
 import { newId } from "./ids.ts";
@@ -41,6 +48,8 @@ interface Prepared {
   machines: MachineRecord[];
   records: CommandRecord[];
   env: Record<string, string>;
+  /** Places of its commands in flight (admission). */
+  lease: CommandLease;
 }
 
 interface ActiveBatch {
@@ -113,7 +122,12 @@ export class BatchRunner {
       throw new InvalidArgumentError("machine_ids", `at most ${this.config.maxMachines} machines per batch`);
     }
     const total = machines.length;
-    const maxConcurrency = Math.max(1, parseLimit("max_concurrency", input.maxConcurrency, total, this.config.defaultConcurrency));
+    const { maxActiveCommands, maxPendingStarts } = this.engine.admission.limits;
+    const maxConcurrency = Math.min(
+      Math.max(1, parseLimit("max_concurrency", input.maxConcurrency, total, this.config.defaultConcurrency)),
+      maxActiveCommands,
+      maxPendingStarts,
+    );
     const maxErrors =
       input.maxErrors === null || input.maxErrors === undefined || input.maxErrors === ""
         ? total
@@ -130,9 +144,16 @@ export class BatchRunner {
       finishedAt: null,
     };
     const records = machines.map((m) => this.engine.newRecord(m.id, opts, requestedBy, sync, batch.id));
-    await this.stores.batches.insert(batch);
-    await this.stores.commands.insertMany(records);
-    return { batch, machines, records, env: opts.env };
+    // Refused as a whole, before anything is stored, when its first wave does not fit.
+    const lease = this.engine.admitBatch(Math.min(total, maxConcurrency));
+    try {
+      await this.stores.batches.insert(batch);
+      await this.stores.commands.insertMany(records);
+    } catch (err) {
+      lease.seal();
+      throw err;
+    }
+    return { batch, machines, records, env: opts.env, lease };
   }
 
   /**
@@ -169,7 +190,7 @@ export class BatchRunner {
           const record = p.records[next]!;
           const machine = p.machines[next]!;
           next++;
-          const r = this.engine.launch(record, machine, p.env, record.sync);
+          const r = this.engine.launch(record, machine, p.env, record.sync, p.lease.slot());
           running.set(
             record.id,
             r.finished.then((done) => {
@@ -183,6 +204,8 @@ export class BatchRunner {
             }),
           );
         }
+        // Nothing more to launch: places go back as the last items end.
+        if (next >= p.records.length || stopReason !== null) p.lease.seal();
         if (stopReason !== null && next < p.records.length) {
           for (; next < p.records.length; next++) {
             const skipped = await this.skip(p.records[next]!, stopReason);
@@ -196,6 +219,7 @@ export class BatchRunner {
         });
       }
     } finally {
+      p.lease.seal();
       signal?.removeEventListener("abort", onAbort);
       this.active.delete(batch.id);
     }

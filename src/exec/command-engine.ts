@@ -8,6 +8,7 @@
  *     └──> cancelled | skipped | failed
  */
 import { setTimeout as sleep } from "node:timers/promises";
+import type { Admission, CommandLease, CommandSlot, FollowerPermit } from "./admission.ts";
 import { FailedPreconditionError, NotFoundError, TargetError, UnavailableError } from "./errors.ts";
 import { newId } from "./ids.ts";
 import { OutputBus } from "./output-bus.ts";
@@ -53,6 +54,8 @@ export interface EngineDeps {
   /** The built-in machine, when enabled. */
   localMachine: MachineRecord | null;
   config: EngineConfig;
+  /** Limits on commands, pending starts, handshakes and followers. */
+  admission: Admission;
   observer?: EngineObserver;
 }
 
@@ -81,6 +84,8 @@ interface Run {
   timedOut: boolean;
   /** Light path: a SIGTERM reached the command's group. */
   killSent: boolean;
+  /** Its place in the admission limits, given back when it ends. */
+  slot: CommandSlot | null;
 }
 
 /** Slack of the light path's target-side watchdog behind the service's own timer. */
@@ -117,6 +122,10 @@ export class CommandEngine {
 
   get config(): EngineConfig {
     return this.deps.config;
+  }
+
+  get admission(): Admission {
+    return this.deps.admission;
   }
 
   /** Commands this process is running (for metrics and shutdown). */
@@ -186,10 +195,13 @@ export class CommandEngine {
   async execute(input: ExecuteInput, requestedBy: string, signal?: AbortSignal): Promise<CommandView> {
     this.assertAccepting();
     const opts = this.validate(input);
+    // Refused at once when full: no database work for a call that cannot be taken.
+    this.deps.admission.precheck(1);
     const machine = await this.resolveMachine(input.machineId);
+    const slot = this.admitOne(machine);
     const record = this.newRecord(machine.id, opts, requestedBy, true);
-    await this.deps.stores.commands.insert(record);
-    const run = this.launch(record, machine, opts.env, true);
+    await this.insertAdmitted(record, slot);
+    const run = this.launch(record, machine, opts.env, true, slot);
     const onAbort = () => {
       this.requestCancel(run).catch(() => {});
     };
@@ -209,20 +221,63 @@ export class CommandEngine {
   async start(input: ExecuteInput, requestedBy: string): Promise<CommandRecord> {
     this.assertAccepting();
     const opts = this.validate(input);
+    // Refused at once when full: no database work for a call that cannot be taken.
+    this.deps.admission.precheck(1);
     const machine = await this.resolveMachine(input.machineId);
+    const slot = this.admitOne(machine);
     const record = this.newRecord(machine.id, opts, requestedBy, false);
-    await this.deps.stores.commands.insert(record);
-    const run = this.launch(record, machine, opts.env, false);
+    await this.insertAdmitted(record, slot);
+    const run = this.launch(record, machine, opts.env, false, slot);
     run.finished.catch(() => {});
     return { ...run.record };
   }
 
   /**
+   * Admission of one start on `machine`, before anything is stored: its
+   * place, or ResourceExhaustedError (too many commands or pending starts,
+   * or its SSH handshake would wait in a full queue).
+   */
+  private admitOne(machine: MachineRecord): CommandSlot {
+    const target = this.targetOf(machine);
+    const transport = this.transportFor(target);
+    const lease = this.deps.admission.admitCommands(1, transport.reserveStart ? () => transport.reserveStart!(target) : undefined);
+    const slot = lease.slot();
+    lease.seal();
+    return slot;
+  }
+
+  private async insertAdmitted(record: CommandRecord, slot: CommandSlot): Promise<void> {
+    try {
+      await this.deps.stores.commands.insert(record);
+    } catch (err) {
+      slot.end();
+      throw err;
+    }
+  }
+
+  /**
+   * Admission of a batch's first wave of `n` commands, before anything is
+   * stored: places for them all, or ResourceExhaustedError. A batch is also
+   * refused while the SSH handshake queue is full; its later items take
+   * their turn in it.
+   */
+  admitBatch(n: number): CommandLease {
+    this.assertAccepting();
+    const ssh = this.deps.ssh;
+    return this.deps.admission.admitCommands(n, () => {
+      const h = ssh.handshakeStats?.();
+      return h !== undefined && h.queued >= h.maxQueued ? null : { release() {} };
+    });
+  }
+
+  /**
    * Runs an already stored `queued` record in the background. The returned
    * run's `finished` resolves with the terminal record (it never rejects).
+   * `slot` is its admitted place, given back when it ends.
    */
-  launch(record: CommandRecord, machine: MachineRecord, env: Record<string, string>, sync: boolean): Run {
+  launch(record: CommandRecord, machine: MachineRecord, env: Record<string, string>, sync: boolean, slot: CommandSlot | null = null): Run {
     const run = newRun(record, this.targetOf(machine), sync);
+    run.slot = slot;
     this.track(run, this.drive(run, env), "internal", "internal error while running the command");
     return run;
   }
@@ -242,6 +297,7 @@ export class CommandEngine {
       .finally(() => {
         this.runs.delete(id);
         this.bus.forget(id);
+        run.slot?.end();
       });
   }
 
@@ -265,7 +321,7 @@ export class CommandEngine {
     this.deps.observer?.commandStarted?.(run.record);
     const log = OutputLog.fresh(commands, record.id, this.logOptions(record.id));
     run.log = log;
-    const transport = this.transportFor(run.target);
+    const transport = this.runTransport(run);
     let end: JobEnd;
     try {
       end = await runJob(
@@ -318,7 +374,7 @@ export class CommandEngine {
     let end: JobEnd;
     try {
       end = await runDirect(
-        this.transportFor(run.target),
+        this.runTransport(run),
         run.target,
         {
           command: record.command,
@@ -384,7 +440,26 @@ export class CommandEngine {
     };
   }
 
+  /**
+   * The transport for a run's start: the first `exec` uses up the handshake
+   * reservation taken at admission.
+   */
+  private runTransport(run: Run): Transport {
+    const inner = this.transportFor(run.target);
+    const slot = run.slot;
+    if (slot === null) return inner;
+    return {
+      ...inner,
+      exec: (target, commandLine, options) => {
+        const p = inner.exec(target, commandLine, options);
+        slot.dispatched();
+        return p;
+      },
+    };
+  }
+
   private onRemoteStarted(run: Run): void {
+    run.slot?.started();
     if (run.remoteStarted) return;
     run.remoteStarted = true;
     if (run.cancelRequested) this.sendCancel(run).catch(() => {});
@@ -580,7 +655,17 @@ export class CommandEngine {
    * yields `skipped`. Memory stays bounded whatever the reader's speed: it
    * reads from the store at its own pace.
    */
-  async *watch(id: string, offset: number, signal?: AbortSignal): AsyncGenerator<WatchEvent> {
+  async *watch(id: string, offset: number, signal?: AbortSignal, follower?: FollowerPermit): AsyncGenerator<WatchEvent> {
+    // A follower's place (refused with ResourceExhaustedError at the limit) until it stops.
+    const permit = follower ?? this.deps.admission.admitFollower();
+    try {
+      yield* this.followOutput(id, offset, signal);
+    } finally {
+      permit.release();
+    }
+  }
+
+  private async *followOutput(id: string, offset: number, signal?: AbortSignal): AsyncGenerator<WatchEvent> {
     const commands = this.deps.stores.commands;
     let record = await commands.get(id);
     if (!record) throw new NotFoundError("command", id, "id");
@@ -664,6 +749,11 @@ export class CommandEngine {
       fake.target = this.targetOf(machine);
       fake.log = await OutputLog.restore(this.deps.stores.commands, record.id, record, this.logOptions(record.id));
       fake.remoteStarted = true;
+      // It runs on its target already: a place among the active commands, never refused.
+      const lease = this.deps.admission.forceCommands(1);
+      fake.slot = lease.slot();
+      lease.seal();
+      fake.slot.started();
       const following = this.follow(fake, { kind: "disconnected", error: new TargetError("connection_lost", "the service restarted", record.machineId) });
       this.track(fake, following.then((end) => this.conclude(fake, end)), "connection_lost", "could not re-attach after a restart");
       reattached++;
@@ -726,6 +816,7 @@ function newRun(record: CommandRecord, target: MachineTarget, sync: boolean): Ru
     log: null,
     timedOut: false,
     killSent: false,
+    slot: null,
   };
 }
 

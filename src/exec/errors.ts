@@ -95,6 +95,28 @@ export class UnavailableError extends FleetError {
 }
 
 /**
+ * Thrown when the service is at one of its configured limits (commands,
+ * pending starts, queued SSH handshakes, followers): the call is refused at
+ * once, nothing was stored or started, and the caller may retry after
+ * `retryAfterSeconds`.
+ */
+export class ResourceExhaustedError extends FleetError {
+  /** Which limit was hit, e.g. `active_commands`. */
+  readonly limit: string;
+  /** The setting (environment variable) that configures it. */
+  readonly setting: string;
+  /** Seconds after which a retry may succeed. */
+  readonly retryAfterSeconds: number;
+  constructor(limit: string, setting: string, message: string, retryAfterSeconds: number) {
+    super("resource_exhausted", message);
+    this.name = "ResourceExhaustedError";
+    this.limit = limit;
+    this.setting = setting;
+    this.retryAfterSeconds = retryAfterSeconds;
+  }
+}
+
+/**
  * Why a command could not run, or stopped being observable, on its target.
  * These become `error.code` of a `failed` or `lost` command; they are not
  * thrown at API callers.

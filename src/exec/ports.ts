@@ -104,6 +104,23 @@ export interface TransportStats {
   channels: number;
 }
 
+/** SSH handshakes in progress and waiting for a slot (the pacer's queue). */
+export interface HandshakeStats {
+  active: number;
+  queued: number;
+  /** Bound of `queued` for new starts. */
+  maxQueued: number;
+}
+
+/**
+ * A place for a new start in the transport's handshake queue, held from
+ * admission until the start reaches `exec` (or gives up). `release` is
+ * idempotent.
+ */
+export interface StartReservation {
+  release(): void;
+}
+
 /**
  * Runs processes on targets. `commandLine` is fixed text chosen by the
  * domain (never request data); everything request-specific travels on stdin.
@@ -116,6 +133,14 @@ export interface Transport {
   /** Drops pooled connections of a machine (after its credentials changed or it was deleted). */
   forget(machineId: string): void;
   stats(): TransportStats;
+  /**
+   * Admission of a new start on `target`, synchronous: null when it would need
+   * a new connection whose handshake would have to wait in a full queue;
+   * otherwise a reservation to release once `exec` was called. Transports
+   * without handshakes leave it out.
+   */
+  reserveStart?(target: MachineTarget): StartReservation | null;
+  handshakeStats?(): HandshakeStats;
   close(): Promise<void>;
 }
 

@@ -15,10 +15,15 @@ export interface RestErrorBody {
 export interface RestError {
   readonly status: number;
   readonly body: RestErrorBody;
+  /** Response headers that go with the error (`retry-after` of a 429). */
+  readonly headers?: Readonly<Record<string, string>>;
 }
 
 /** Metadata header naming the request field a Connect error is about. */
 export const errorFieldHeader = "x-error-field";
+
+/** Metadata header of a RESOURCE_EXHAUSTED refusal: seconds to wait; becomes the HTTP `Retry-After`. */
+export const retryAfterHeader = "retry-after";
 
 /** gRPC code names, snake_case, as they appear in REST error bodies. */
 export const codeNames: Readonly<Record<Code, string>> = {
@@ -88,7 +93,12 @@ export function restErrorFrom(err: unknown, bodyLimit?: number): RestError {
   }
   if (err instanceof ConnectError) {
     const field = err.metadata.get(errorFieldHeader) ?? undefined;
-    return { status: httpStatusOfCode[err.code] ?? 500, body: errorBody(codeNames[err.code] ?? "unknown", err.rawMessage, field) };
+    const status = httpStatusOfCode[err.code] ?? 500;
+    const body = errorBody(codeNames[err.code] ?? "unknown", err.rawMessage, field);
+    // A refusal at a limit (429): when to retry, in whole seconds.
+    const retryAfter = err.metadata.get(retryAfterHeader);
+    if (retryAfter !== null && /^\d+$/.test(retryAfter)) return { status, body, headers: { "retry-after": retryAfter } };
+    return { status, body };
   }
   const fastifyError = asFastifyError(err);
   if (fastifyError !== undefined) return fromFastifyError(fastifyError, bodyLimit);

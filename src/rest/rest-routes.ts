@@ -333,9 +333,10 @@ function renderResponse(b: RestBinding, message: Message): unknown {
 }
 
 function sendError(request: FastifyRequest, reply: FastifyReply, err: unknown, bodyLimit: number): FastifyReply {
-  const { status, body } = restErrorFrom(err, bodyLimit);
+  const { status, body, headers } = restErrorFrom(err, bodyLimit);
   if (status >= 500) request.log.error({ err }, "REST call failed");
   if (reply.sent || reply.raw.headersSent) return reply;
+  if (headers !== undefined) void reply.headers(headers);
   return reply.code(status).header("content-type", "application/json; charset=utf-8").send(JSON.stringify(body));
 }
 

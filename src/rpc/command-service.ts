@@ -92,12 +92,20 @@ export function commandServiceImpl(deps: CommandServiceDeps): ServiceImpl<typeof
     }, onInternal),
 
     executeAsync: stream(async function* (req: ExecuteRequest, ctx) {
-      const rec = await engine.start(executeInput(req), principalOf(ctx).name);
-      yield create(CommandEventSchema, {
-        event: { case: "started", value: create(CommandStartedSchema, { id: rec.id, status: statusToProto(rec.status) }) },
-      });
-      // Disconnecting only stops this follower: the command runs on.
-      for await (const e of engine.watch(rec.id, 0, ctx.signal)) yield eventToProto(e);
+      // The caller follows the output: its follower's place is taken before the
+      // command is, so a refusal (429) leaves nothing started.
+      const follower = engine.admission.admitFollower();
+      try {
+        const rec = await engine.start(executeInput(req), principalOf(ctx).name);
+        yield create(CommandEventSchema, {
+          event: { case: "started", value: create(CommandStartedSchema, { id: rec.id, status: statusToProto(rec.status) }) },
+        });
+        // Disconnecting only stops this follower: the command runs on.
+        for await (const e of engine.watch(rec.id, 0, ctx.signal, follower)) yield eventToProto(e);
+      } finally {
+        // Also when the caller left right after `started`, before following began.
+        follower.release();
+      }
     }, onInternal),
 
     getCommand: unary(async (req, _ctx) => {

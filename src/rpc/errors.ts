@@ -4,10 +4,16 @@
  * `internal` error whose details go to the log only.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
-import { FleetError, type ErrorCode } from "../exec/errors.ts";
+import { FleetError, ResourceExhaustedError, type ErrorCode } from "../exec/errors.ts";
 
 /** Response header naming the request field an error is about. */
 export const ERROR_FIELD_HEADER = "x-error-field";
+
+/**
+ * Response header (gRPC: trailer) of a RESOURCE_EXHAUSTED refusal: seconds
+ * after which a retry may succeed. REST sends it as `Retry-After`.
+ */
+export const RETRY_AFTER_HEADER = "retry-after";
 
 const CODES: Record<ErrorCode, Code> = {
   invalid_argument: Code.InvalidArgument,
@@ -31,6 +37,8 @@ export function toConnectError(err: unknown, onInternal?: (err: unknown) => void
   if (err instanceof FleetError) {
     const e = new ConnectError(err.message, CODES[err.code]);
     if (err.field) e.metadata.set(ERROR_FIELD_HEADER, err.field);
+    // A refusal at a limit says when to come back.
+    if (err instanceof ResourceExhaustedError) e.metadata.set(RETRY_AFTER_HEADER, String(err.retryAfterSeconds));
     return e;
   }
   // An abort of the caller's own request.

@@ -3,6 +3,12 @@
  * overall, granting slots in FIFO order. OpenSSH's default
  * `MaxStartups 10:30:100` randomly drops connections beyond 10 concurrent
  * unauthenticated ones, so a fan-out to one sshd must stay below that.
+ *
+ * The wait queue is bounded for new starts: `reserve` (called at admission,
+ * before anything is stored) refuses a start whose handshake would have to
+ * wait while `maxQueued` handshakes already wait or were promised a place.
+ * Handshakes of work already accepted (re-attach, cancel, a batch's later
+ * items) always take their turn.
  */
 
 export interface HandshakePacerOptions {
@@ -10,6 +16,8 @@ export interface HandshakePacerOptions {
   perDestination?: number;
   /** @default 64 */
   overall?: number;
+  /** Handshakes that may wait for a slot (bound checked by `reserve`). @default 256 */
+  maxQueued?: number;
 }
 
 export interface HandshakePacer {
@@ -19,6 +27,15 @@ export interface HandshakePacer {
   active(destination?: string): number;
   /** Callers waiting for a slot. */
   waiting(): number;
+  /**
+   * For a start admitted now, whose handshake to `destination` follows soon:
+   * holds a slot (when one is free) or a place in the queue, until the
+   * returned release is called (idempotent). Null when it would have to wait
+   * and the queue (waiting plus held places) is full.
+   */
+  reserve(destination: string): (() => void) | null;
+  /** The queue bound applied by `reserve`. */
+  readonly maxQueued: number;
 }
 
 interface Waiter {
@@ -32,6 +49,11 @@ export function createHandshakePacer(options: HandshakePacerOptions = {}): Hands
   const activeByDest = new Map<string, number>();
   let activeTotal = 0;
   const queue: Waiter[] = [];
+  const maxQueued = Math.max(0, options.maxQueued ?? 256);
+  /** Slots promised by `reserve` (total and per destination), and queue places promised. */
+  let heldSlots = 0;
+  const heldByDest = new Map<string, number>();
+  let heldQueue = 0;
 
   const canStart = (dest: string): boolean =>
     activeTotal < overall && (activeByDest.get(dest) ?? 0) < perDestination;
@@ -94,5 +116,32 @@ export function createHandshakePacer(options: HandshakePacerOptions = {}): Hands
     waiting() {
       return queue.length;
     },
+    reserve(dest) {
+      const startable =
+        activeTotal + heldSlots < overall &&
+        (activeByDest.get(dest) ?? 0) + (heldByDest.get(dest) ?? 0) < perDestination &&
+        !queue.some((w) => w.destination === dest);
+      let released = false;
+      if (startable) {
+        heldSlots++;
+        heldByDest.set(dest, (heldByDest.get(dest) ?? 0) + 1);
+        return () => {
+          if (released) return;
+          released = true;
+          heldSlots--;
+          const n = (heldByDest.get(dest) ?? 1) - 1;
+          if (n === 0) heldByDest.delete(dest);
+          else heldByDest.set(dest, n);
+        };
+      }
+      if (queue.length + heldQueue >= maxQueued) return null;
+      heldQueue++;
+      return () => {
+        if (released) return;
+        released = true;
+        heldQueue--;
+      };
+    },
+    maxQueued,
   };
 }

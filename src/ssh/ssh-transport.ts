@@ -20,9 +20,11 @@ import { TargetError } from "../exec/errors.ts";
 import type {
   ExecOptions,
   ExitInfo,
+  HandshakeStats,
   MachineTarget,
   ProbeResult,
   RemoteProcess,
+  StartReservation,
   Transport,
   TransportStats,
 } from "../exec/ports.ts";
@@ -50,6 +52,8 @@ export interface SshTransportOptions {
   handshakesPerDestination?: number;
   /** Concurrent unauthenticated handshakes overall. @default 64 */
   handshakesOverall?: number;
+  /** Handshakes a new start may have to wait behind; beyond it `reserveStart` refuses. @default 256 */
+  handshakeQueue?: number;
   /** Retries of a refused channel (`Channel open failure`) before `spawn_failed`. @default 8 */
   channelOpenRetries?: number;
   /** First backoff after a refused channel; doubles per retry, capped at 1 s. @default 20 */
@@ -140,12 +144,15 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
   const pacer: HandshakePacer = createHandshakePacer({
     perDestination: options.handshakesPerDestination ?? 6,
     overall: options.handshakesOverall ?? 64,
+    maxQueued: options.handshakeQueue ?? 256,
   });
 
   /** Pools by `machineId + settings hash`. */
   const pools = new Map<string, Pool>();
   /** The current pool of each machine. */
   const currentPool = new Map<string, Pool>();
+  /** Admitted starts not yet at `exec`, and the handshake places they hold, per pool key. */
+  const reservations = new Map<string, { holds: number; starts: number }>();
   /** Key types learned for a pinned fingerprint, per machine (in memory only). */
   const learned = new Map<string, { fingerprint: string; keyType: string }>();
   let closed = false;
@@ -581,6 +588,52 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
       for (const pool of [...pools.values()]) {
         if (pool.machineId === machineId) retire(pool);
       }
+    },
+
+    // A new start needs a handshake only when no open connection has room,
+    // none being opened will take it, and the pool may open another one.
+    // Starts admitted together on one machine share reservations: each
+    // connection to be opened serves `maxChannels` of them.
+    reserveStart(target): StartReservation | null {
+      const none: StartReservation = { release() {} };
+      if (closed) return none;
+      const key = `${target.id}:${settingsHash(target)}`;
+      const pool = pools.get(key);
+      let open = 0;
+      if (pool !== undefined && !pool.retired) {
+        if (pool.waiters.length === 0 && bestConn(pool, Date.now()) !== null) return none;
+        if (pool.waiters.length < pool.connecting * maxChannels) return none;
+        open = pool.conns.size + pool.connecting;
+      }
+      const r = reservations.get(key) ?? { holds: 0, starts: 0 };
+      let pacerRelease: (() => void) | null = null;
+      // Covered by a handshake already reserved, or the pool can open no more
+      // connections (the start waits for a channel, not a handshake).
+      const rides = r.holds * maxChannels > r.starts || open + r.holds >= maxConns;
+      if (!rides) {
+        pacerRelease = pacer.reserve(destination(target.host, target.port));
+        if (pacerRelease === null) return null;
+        r.holds++;
+      }
+      r.starts++;
+      reservations.set(key, r);
+      let released = false;
+      return {
+        release() {
+          if (released) return;
+          released = true;
+          r.starts--;
+          if (pacerRelease !== null) {
+            r.holds--;
+            pacerRelease();
+          }
+          if (r.starts === 0 && reservations.get(key) === r) reservations.delete(key);
+        },
+      };
+    },
+
+    handshakeStats(): HandshakeStats {
+      return { active: pacer.active(), queued: pacer.waiting(), maxQueued: pacer.maxQueued };
     },
 
     stats(): TransportStats {

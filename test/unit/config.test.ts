@@ -3,7 +3,7 @@
  * and a bad value is refused with the variable's name.
  */
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig, sshOptionsFrom } from "../../src/config.ts";
+import { ConfigError, describeConfig, loadConfig, settingName, sshOptionsFrom } from "../../src/config.ts";
 
 describe("configuration", () => {
   it("defaults the SSH deadlines and pacing", () => {
@@ -12,6 +12,7 @@ describe("configuration", () => {
       handshakeTimeoutMs: 30_000,
       handshakesPerDestination: 6,
       handshakesOverall: 64,
+      handshakeQueue: 500,
     });
   });
 
@@ -27,6 +28,7 @@ describe("configuration", () => {
       handshakeTimeoutMs: 45_000,
       handshakesPerDestination: 2,
       handshakesOverall: 300,
+      handshakeQueue: 500,
     });
   });
 
@@ -44,5 +46,48 @@ describe("configuration", () => {
     }
     expect(caught).toBeInstanceOf(ConfigError);
     expect((caught as Error).message).toContain(name);
+  });
+
+  it("defaults the admission limits so one process takes ~1,000 commands on 50 machines", () => {
+    const c = loadConfig({});
+    expect(c.maxActiveCommands).toBe(2_000);
+    expect(c.maxPendingStarts).toBe(1_500);
+    expect(c.sshHandshakeQueue).toBe(500);
+    expect(c.maxFollowers).toBe(2_000);
+    expect(c.maxActiveCommands).toBeGreaterThanOrEqual(1_000);
+    expect(c.maxPendingStarts).toBeGreaterThanOrEqual(1_000);
+  });
+
+  it("takes the admission limits from the environment, the handshake queue to the transport", () => {
+    const c = loadConfig({
+      FLEETRUN_MAX_ACTIVE_COMMANDS: "3",
+      FLEETRUN_MAX_PENDING_STARTS: "2",
+      FLEETRUN_SSH_HANDSHAKE_QUEUE: "0",
+      FLEETRUN_MAX_FOLLOWERS: "7",
+    });
+    expect([c.maxActiveCommands, c.maxPendingStarts, c.sshHandshakeQueue, c.maxFollowers]).toEqual([3, 2, 0, 7]);
+    expect(sshOptionsFrom(c).handshakeQueue).toBe(0);
+    expect(settingName("maxActiveCommands")).toBe("FLEETRUN_MAX_ACTIVE_COMMANDS");
+  });
+
+  it("documents every admission limit for --help", () => {
+    const names = describeConfig().map((d) => d.env);
+    for (const n of ["FLEETRUN_MAX_ACTIVE_COMMANDS", "FLEETRUN_MAX_PENDING_STARTS", "FLEETRUN_SSH_HANDSHAKE_QUEUE", "FLEETRUN_MAX_FOLLOWERS"]) {
+      expect(names).toContain(n);
+    }
+    for (const d of describeConfig()) expect(d.description.length).toBeGreaterThan(10);
+  });
+
+  it.each([
+    ["FLEETRUN_MAX_ACTIVE_COMMANDS", "0"],
+    ["FLEETRUN_MAX_ACTIVE_COMMANDS", "lots"],
+    ["FLEETRUN_MAX_PENDING_STARTS", "0"],
+    ["FLEETRUN_MAX_PENDING_STARTS", "2.5"],
+    ["FLEETRUN_SSH_HANDSHAKE_QUEUE", "-1"],
+    ["FLEETRUN_SSH_HANDSHAKE_QUEUE", "1e3"],
+    ["FLEETRUN_MAX_FOLLOWERS", "0"],
+    ["FLEETRUN_MAX_FOLLOWERS", "10000000"],
+  ])("refuses the admission limit %s=%s, naming the variable", (name, value) => {
+    expect(() => loadConfig({ [name]: value })).toThrowError(new RegExp(`^${name}: must be an integer`));
   });
 });
