@@ -14,6 +14,7 @@ import type { MachineRecord, Stores, Transport } from "./exec/ports.ts";
 import { CommandService } from "./gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "./gen/fleetrun/v1/machine_pb.js";
 import { Counter, Gauge, Histogram, Registry } from "./metrics.ts";
+import { registerOpenApiRoute } from "./rest/openapi-route.ts";
 import { registerRestRoutes, restLoggerSerializers } from "./rest/rest-routes.ts";
 import { authInterceptor, TokenVerifier } from "./rpc/auth.ts";
 import { batchHandlers } from "./rpc/batch-handlers.ts";
@@ -178,6 +179,7 @@ export function buildApp(deps: AppDeps): App {
     bodyLimit: config.bodyLimit,
   });
 
+  registerOpenApiRoute(fastify);
   fastify.get("/healthz", async () => ({ status: "ok" }));
   fastify.get("/readyz", async (_req, reply) => {
     try {
