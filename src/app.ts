@@ -20,6 +20,7 @@ import { authInterceptor, TokenVerifier } from "./rpc/auth.ts";
 import { batchHandlers } from "./rpc/batch-handlers.ts";
 import { commandServiceImpl } from "./rpc/command-service.ts";
 import { machineServiceImpl } from "./rpc/machine-service.ts";
+import { registerCors } from "./server/cors.ts";
 import { createHealthService, type HealthService } from "./server/health.ts";
 import { createFastify } from "./server/one-port-server.ts";
 import { registerReflection } from "./server/reflection.ts";
@@ -99,6 +100,7 @@ export function buildApp(deps: AppDeps): App {
     ...(deps.tls ? { tls: deps.tls } : {}),
   });
   const log = fastify.log;
+  registerCors(fastify, { origins: config.corsOrigins });
   const onInternal = (err: unknown) => log.error({ err }, "internal error");
 
   const metrics = new Registry();
