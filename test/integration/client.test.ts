@@ -180,7 +180,7 @@ describe("fleetrun/client", () => {
       } finally {
         await proxy.close();
       }
-    });
+    }, 90_000); // a 3 s command plus reconnects; room for a busy machine
   }
 
   it("does not retry errors of the request itself", async () => {

@@ -68,8 +68,8 @@ describe("CORS", () => {
     allowedOrigin = `http://127.0.0.1:${page.port}`;
     svc = await startService({ db: "sqlite", env: { FLEETRUN_CORS_ORIGINS: `https://app.example.com, ${allowedOrigin}` } });
     machine = await registerMachine(svc, fleet, { index: 8, user: "root" });
-    browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_FLAGS });
-  }, 120_000);
+    browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_FLAGS, timeout: 120_000, protocolTimeout: 120_000 });
+  }, 240_000);
   afterAll(async () => {
     await browser?.close();
     await page?.close();
@@ -116,7 +116,7 @@ describe("CORS", () => {
     }
   });
 
-  it("lets a page on a listed origin call REST, follow SSE with access_token, and stream with Connect-Web and gRPC-Web", async () => {
+  it("lets a page on a listed origin call REST, follow SSE with access_token, and stream with Connect-Web and gRPC-Web", { timeout: 90_000 }, async () => {
     const tab = await openPage(allowedOrigin);
     try {
       const rest = await tab.evaluate(
