@@ -13,6 +13,7 @@ RUN npm ci --omit=dev --no-audit --no-fund || npm install --omit=dev --no-save -
 COPY tsconfig.json buf.yaml buf.gen.yaml ./
 COPY proto ./proto
 COPY src ./src
+COPY openapi ./openapi
 
 FROM node:24-bookworm-slim AS runtime
 # The built-in local machine and the remote scripts need these on the host that runs them.
@@ -25,6 +26,7 @@ WORKDIR /app
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/src ./src
+COPY --from=build /app/openapi ./openapi
 USER fleetrun
 ENV HOST=0.0.0.0 \
     PORT=8080 \

@@ -8,7 +8,9 @@
 #      Node 24 (node_modules/.bin/node); rebuilds them against Node 24's headers if not.
 #   3. As root: installs openssh-server, sudo and util-linux when sshd, sudo, setsid or
 #      flock are missing (the system sshd service is neither enabled nor started by us:
-#      the tests start their own sshd processes on loopback).
+#      the tests start their own sshd processes on loopback), and Debian's chromium
+#      when /usr/bin/chromium is missing (the browser CORS test drives it with
+#      puppeteer-core; nothing downloads a browser).
 #   4. As root: creates the local test accounts used by the SSH tests:
 #        frtest   a normal login user (/home/frtest, /bin/bash) with a password
 #        frrunas  the run-as target user (/bin/sh)
@@ -115,6 +117,7 @@ pkgs=()
 command -v ssh >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1 || pkgs+=(openssh-client)
 command -v sudo >/dev/null 2>&1 || pkgs+=(sudo)
 { command -v setsid >/dev/null 2>&1 && command -v flock >/dev/null 2>&1; } || pkgs+=(util-linux)
+[ -x /usr/bin/chromium ] || pkgs+=(chromium)
 if [ "${#pkgs[@]}" -gt 0 ]; then
   # Keep the packages' maintainer scripts from starting the system sshd.
   policy=/usr/sbin/policy-rc.d

@@ -15,11 +15,13 @@ import type { MachineRecord, Stores, Transport } from "./exec/ports.ts";
 import { CommandService } from "./gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "./gen/fleetrun/v1/machine_pb.js";
 import { Counter, EVENT_LOOP_LAG_BUCKETS, Gauge, Histogram, Registry, sampleEventLoopLag } from "./metrics.ts";
+import { registerOpenApiRoute } from "./rest/openapi-route.ts";
 import { registerRestRoutes, restLoggerSerializers } from "./rest/rest-routes.ts";
 import { authInterceptor, TokenVerifier } from "./rpc/auth.ts";
 import { batchHandlers } from "./rpc/batch-handlers.ts";
 import { commandServiceImpl } from "./rpc/command-service.ts";
 import { machineServiceImpl } from "./rpc/machine-service.ts";
+import { registerCors } from "./server/cors.ts";
 import { createHealthService, type HealthService } from "./server/health.ts";
 import { createFastify } from "./server/one-port-server.ts";
 import { registerReflection } from "./server/reflection.ts";
@@ -99,6 +101,7 @@ export function buildApp(deps: AppDeps): App {
     ...(deps.tls ? { tls: deps.tls } : {}),
   });
   const log = fastify.log;
+  registerCors(fastify, { origins: config.corsOrigins });
   const onInternal = (err: unknown) => log.error({ err }, "internal error");
 
   const metrics = new Registry();
@@ -202,6 +205,7 @@ export function buildApp(deps: AppDeps): App {
     bodyLimit: config.bodyLimit,
   });
 
+  registerOpenApiRoute(fastify);
   fastify.get("/healthz", async () => ({ status: "ok" }));
   fastify.get("/readyz", async (_req, reply) => {
     try {

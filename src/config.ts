@@ -4,6 +4,7 @@
  * mirrors this table.
  */
 import path from "node:path";
+import { parseCorsOrigin } from "./server/cors.ts";
 import type { SshTransportOptions } from "./ssh/ssh-transport.ts";
 
 interface Spec<T> {
@@ -35,6 +36,18 @@ const optionalInt =
     raw.trim() === "" ? null : int(min, max)(raw, env);
 const str = (raw: string): string => raw;
 const optionalStr = (raw: string): string | null => (raw === "" ? null : raw);
+const originList = (raw: string, env: string): string[] => {
+  const out: string[] = [];
+  for (const part of raw.split(",")) {
+    if (part.trim() === "") continue;
+    try {
+      out.push(parseCorsOrigin(part));
+    } catch (err) {
+      throw new ConfigError(env, (err as Error).message);
+    }
+  }
+  return out;
+};
 const bool = (raw: string, env: string): boolean => {
   if (/^(1|true|yes|on)$/i.test(raw)) return true;
   if (/^(0|false|no|off|)$/i.test(raw)) return false;
@@ -156,6 +169,12 @@ const SPECS = {
     parse: optionalInt(1, 100_000_000),
   },
   retentionIntervalMs: { env: "FLEETRUN_RETENTION_INTERVAL_MS", description: "How often retention runs", default: 600_000, parse: int(1_000, 86_400_000) },
+  corsOrigins: {
+    env: "FLEETRUN_CORS_ORIGINS",
+    description: "Comma-separated origins (https://app.example.com) whose pages may call the API from a browser; * for any; unset: none",
+    default: [] as string[],
+    parse: originList,
+  },
   logLevel: { env: "FLEETRUN_LOG_LEVEL", description: "fatal, error, warn, info, debug, trace or silent", default: "info", parse: str },
   tlsCert: { env: "FLEETRUN_TLS_CERT", description: "PEM certificate file; with FLEETRUN_TLS_KEY enables TLS (HTTP/2 and HTTP/1.1 by ALPN)", default: null, parse: optionalStr },
   tlsKey: { env: "FLEETRUN_TLS_KEY", description: "PEM private key file of FLEETRUN_TLS_CERT", default: null, parse: optionalStr },
