@@ -5,7 +5,7 @@
 import os from "node:os";
 import { createRouterTransport, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
-import type { FastifyInstance, FastifyServerOptions } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest, FastifyServerOptions } from "fastify";
 import type { Config } from "./config.ts";
 import { BatchRunner } from "./exec/batch-runner.ts";
 import { CommandEngine } from "./exec/command-engine.ts";
@@ -14,6 +14,7 @@ import type { MachineRecord, Stores, Transport } from "./exec/ports.ts";
 import { CommandService } from "./gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "./gen/fleetrun/v1/machine_pb.js";
 import { Counter, Gauge, Histogram, Registry } from "./metrics.ts";
+import { RestHttpError, restErrorFrom } from "./rest/rest-errors.ts";
 import { registerRestRoutes, restLoggerSerializers } from "./rest/rest-routes.ts";
 import { authInterceptor, TokenVerifier } from "./rpc/auth.ts";
 import { batchHandlers } from "./rpc/batch-handlers.ts";
@@ -96,6 +97,11 @@ export function buildApp(deps: AppDeps): App {
     logger: deps.logger ?? false,
     bodyLimit: config.bodyLimit,
     ...(deps.tls ? { tls: deps.tls } : {}),
+    fastify: {
+      // `/v1/commands/` is `/v1/commands`, never `/v1/commands/{id}` with an empty id.
+      routerOptions: { ignoreTrailingSlash: true },
+      frameworkErrors: (err, request, reply) => sendErrorEnvelope(request, reply, err),
+    },
   });
   const log = fastify.log;
   const onInternal = (err: unknown) => log.error({ err }, "internal error");
@@ -178,6 +184,12 @@ export function buildApp(deps: AppDeps): App {
     bodyLimit: config.bodyLimit,
   });
 
+  // Everything outside the REST routes answers errors in the same envelope.
+  fastify.setNotFoundHandler((request, reply) =>
+    sendErrorEnvelope(request, reply, new RestHttpError(404, "not_found", `no route for ${request.method} ${request.url.split("?")[0] ?? ""}`)),
+  );
+  fastify.setErrorHandler((err, request, reply) => sendErrorEnvelope(request, reply, err, config.bodyLimit));
+
   fastify.get("/healthz", async () => ({ status: "ok" }));
   fastify.get("/readyz", async (_req, reply) => {
     try {
@@ -192,4 +204,11 @@ export function buildApp(deps: AppDeps): App {
   });
 
   return { fastify, engine, registry, batches, health, metrics };
+}
+
+/** Answers `err` as `{"error":{"code","message","field"?}}` with its HTTP status. */
+function sendErrorEnvelope(request: FastifyRequest, reply: FastifyReply, err: unknown, bodyLimit?: number): FastifyReply {
+  const { status, body } = restErrorFrom(err, bodyLimit);
+  if (status >= 500) request.log.error({ err }, "request failed");
+  return reply.code(status).header("content-type", "application/json; charset=utf-8").send(JSON.stringify(body));
 }

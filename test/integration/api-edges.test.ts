@@ -1,0 +1,82 @@
+/**
+ * API edges on the real service (HTTP/1.1 on port 0, SQLite, the built-in
+ * local machine): the error envelope everywhere, trailing slashes, and the
+ * other corners a first-time caller runs into.
+ */
+import { request as httpRequest } from "node:http";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startService, type TestService } from "../fixtures/service.ts";
+
+/** A raw HTTP/1.1 request (no client-side URL normalisation). */
+function rawRequest(url: string, method: string, path: string, headers: Record<string, string> = {}, body?: string): Promise<{ status: number; headers: Record<string, unknown>; text: string }> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: u.hostname, port: u.port, method, path, headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString("utf8") }));
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    if (body !== undefined) req.write(body);
+    req.end();
+  });
+}
+
+function expectEnvelope(text: string, code: string): { code: string; message: string; field?: string } {
+  const body = JSON.parse(text) as { error: { code: string; message: string; field?: string } };
+  expect(Object.keys(body)).toEqual(["error"]);
+  expect(body.error.code).toBe(code);
+  expect(typeof body.error.message).toBe("string");
+  return body.error;
+}
+
+describe("API edges", () => {
+  let svc: TestService;
+  let auth: Record<string, string>;
+
+  beforeAll(async () => {
+    svc = await startService();
+    auth = { authorization: `Bearer ${svc.token}`, "content-type": "application/json" };
+  });
+  afterAll(async () => {
+    await svc?.close();
+  });
+
+  describe("error envelope", () => {
+    it("answers 404 outside /v1 in the REST error envelope", async () => {
+      for (const [method, path] of [
+        ["GET", "/nope"],
+        ["POST", "/healthz"],
+        ["GET", "/"],
+        ["DELETE", "/v2/commands/x"],
+      ] as const) {
+        const res = await rawRequest(svc.url, method, path, { authorization: auth.authorization ?? "" });
+        expect(res.status, `${method} ${path}`).toBe(404);
+        expect(res.headers["content-type"]).toMatch(/^application\/json/);
+        const err = expectEnvelope(res.text, "not_found");
+        expect(err.message).toContain(path);
+      }
+    });
+
+    it("answers a malformed URL in the envelope", async () => {
+      const res = await rawRequest(svc.url, "GET", "/v1/commands/%zz", auth);
+      expect(res.status).toBe(400);
+      expectEnvelope(res.text, "invalid_argument");
+    });
+
+    it("treats a trailing slash as the route without it", async () => {
+      const body = JSON.stringify({ machine_id: "mach_local", command: "echo slash", timeout: 10000 });
+      const res = await rawRequest(svc.url, "POST", "/v1/commands/", auth, body);
+      expect(res.status, res.text).toBe(200);
+      const cmd = (JSON.parse(res.text) as { data: { id: string; stdout: string } }).data;
+      expect(cmd.stdout).toBe("slash\n");
+      const got = await rawRequest(svc.url, "GET", `/v1/commands/${cmd.id}/`, auth);
+      expect(got.status).toBe(200);
+      expect((JSON.parse(got.text) as { data: { id: string } }).data.id).toBe(cmd.id);
+      const list = await rawRequest(svc.url, "GET", "/v1/machines/", auth);
+      expect(list.status).toBe(200);
+      expect(JSON.parse(list.text)).toHaveProperty("data");
+    });
+  });
+});
