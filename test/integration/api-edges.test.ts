@@ -3,9 +3,12 @@
  * local machine): the error envelope everywhere, trailing slashes, and the
  * other corners a first-time caller runs into.
  */
+import fs from "node:fs";
 import { request as httpRequest } from "node:http";
+import os from "node:os";
+import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startService, type TestService } from "../fixtures/service.ts";
+import { eventually, startService, type TestService } from "../fixtures/service.ts";
 
 /** A raw HTTP/1.1 request (no client-side URL normalisation). */
 function rawRequest(url: string, method: string, path: string, headers: Record<string, string> = {}, body?: string): Promise<{ status: number; headers: Record<string, unknown>; text: string }> {
@@ -77,6 +80,45 @@ describe("API edges", () => {
       const list = await rawRequest(svc.url, "GET", "/v1/machines/", auth);
       expect(list.status).toBe(200);
       expect(JSON.parse(list.text)).toHaveProperty("data");
+    });
+  });
+
+  describe("target-side errors", () => {
+    const home = os.homedir();
+    const rel = `fleetrun-cwd-${process.pid}-${Date.now()}`;
+    beforeAll(() => fs.mkdirSync(path.join(home, rel, "inner"), { recursive: true }));
+    afterAll(() => fs.rmSync(path.join(home, rel), { recursive: true, force: true }));
+
+    it("resolves a relative cwd from the login user's home, on both paths", async () => {
+      const sync = await svc.rest("POST", "/v1/commands", { machine_id: "mach_local", command: "pwd", cwd: `${rel}/inner`, timeout: 10000 });
+      expect(sync.body.data.status, JSON.stringify(sync.body)).toBe("completed");
+      expect(sync.body.data.stdout).toBe(`${path.join(home, rel, "inner")}\n`);
+      const started = await svc.rest("POST", "/v1/commands/async", { machine_id: "mach_local", command: "pwd", cwd: rel, timeout: 10000 });
+      expect(started.status).toBe(202);
+      const done = await eventually(async () => {
+        const g = await svc.rest("GET", `/v1/commands/${started.body.data.id}`);
+        return g.body.data.finished_at !== null ? g.body.data : null;
+      });
+      expect(done.status, JSON.stringify(done)).toBe("completed");
+      expect(done.stdout).toBe(`${path.join(home, rel)}\n`);
+    });
+
+    it("cwd_not_found names the directory, the user and where a relative one starts", async () => {
+      const sync = await svc.rest("POST", "/v1/commands", { machine_id: "mach_local", command: "true", cwd: "no/such-dir", timeout: 10000 });
+      expect(sync.body.data.status).toBe("failed");
+      expect(sync.body.data.error.code).toBe("cwd_not_found");
+      const msg = sync.body.data.error.message as string;
+      expect(msg).toContain("cwd no/such-dir");
+      expect(msg).toContain(os.userInfo().username);
+      expect(msg).toContain(`relative to the home directory of the login user, ${home}`);
+      const started = await svc.rest("POST", "/v1/commands/async", { machine_id: "mach_local", command: "true", cwd: "/no/such/dir", timeout: 10000 });
+      const done = await eventually(async () => {
+        const g = await svc.rest("GET", `/v1/commands/${started.body.data.id}`);
+        return g.body.data.finished_at !== null ? g.body.data : null;
+      });
+      expect(done.status).toBe("failed");
+      expect(done.error.code).toBe("cwd_not_found");
+      expect(done.error.message).toContain("cwd /no/such/dir: no such directory");
     });
   });
 });
