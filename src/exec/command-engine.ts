@@ -12,13 +12,13 @@ import { FailedPreconditionError, NotFoundError, TargetError, UnavailableError }
 import { newId } from "./ids.ts";
 import { OutputBus } from "./output-bus.ts";
 import { OutputLog } from "./output-log.ts";
+import { joinStoredOutput } from "./output-seam.ts";
 import {
   isTerminal,
   type CommandRecord,
   type CommandStatus,
   type MachineRecord,
   type MachineTarget,
-  type OutputChunkRecord,
   type OutputStreamName,
   type RunnerState,
   type Stores,
@@ -567,7 +567,7 @@ export class CommandEngine {
   async view(record: CommandRecord | CommandView): Promise<CommandView> {
     if ("stdout" in record && Buffer.isBuffer(record.stdout) && Buffer.isBuffer(record.stderr)) return record;
     const chunks = await this.deps.stores.commands.readOutput(record.id, 0, Number.MAX_SAFE_INTEGER);
-    return { ...record, ...joinOutput(chunks) };
+    return { ...record, ...joinStoredOutput(chunks, record, Math.floor(this.deps.config.outputCapPerStream / 2)) };
   }
 
   /**
@@ -728,11 +728,4 @@ function newRun(record: CommandRecord, target: MachineTarget, sync: boolean): Ru
 function toNotStarted(err: unknown): JobEnd {
   if (err instanceof TargetError) return { kind: "not_started", reason: err.reason, message: err.message };
   return { kind: "not_started", reason: "spawn_failed", message: String((err as Error)?.message ?? err) };
-}
-
-export function joinOutput(chunks: OutputChunkRecord[]): { stdout: Buffer; stderr: Buffer } {
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  for (const c of chunks) (c.stream === "stdout" ? out : err).push(c.data);
-  return { stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
 }
