@@ -739,7 +739,7 @@ export declare type ListMachineCommandsRequest = Message<"fleetrun.v1.ListMachin
   machineId: string;
 
   /**
-   * RFC 3339; only commands created at or after it.
+   * ISO 8601 date or date-time (UTC when no offset); only commands created at or after it.
    *
    * @generated from field: optional string since = 2;
    */
