@@ -19,6 +19,10 @@ export interface MachineInput {
   hostKeyAlgorithm?: string | undefined;
   labels?: Record<string, string> | undefined;
   clearLabels?: boolean | undefined;
+  /** Labels to add or change, the others kept (update only). */
+  mergeLabels?: Record<string, string> | undefined;
+  /** Label keys to remove, the others kept (update only). */
+  removeLabels?: string[] | undefined;
 }
 
 export interface TestResult {
@@ -170,6 +174,20 @@ export class MachineRegistry {
     if (input.hostKeyAlgorithm !== undefined) patch.hostKeyAlgorithm = input.hostKeyAlgorithm || null;
     if (input.labels && Object.keys(input.labels).length > 0) patch.labels = input.labels;
     else if (input.clearLabels) patch.labels = {};
+    const merge = input.mergeLabels ?? {};
+    const remove = input.removeLabels ?? [];
+    if (Object.keys(merge).length > 0 || remove.length > 0) {
+      if (patch.labels !== undefined) {
+        throw new InvalidArgumentError(Object.keys(merge).length > 0 ? "merge_labels" : "remove_labels", "cannot be combined with labels or clear_labels");
+      }
+      const both = remove.find((k) => Object.hasOwn(merge, k));
+      if (both !== undefined) throw new InvalidArgumentError("remove_labels", `key ${JSON.stringify(both.slice(0, 64))} is also in merge_labels`);
+      validateLabels(merge, "merge_labels");
+      const labels = { ...current.labels, ...merge };
+      for (const k of remove) delete labels[k];
+      validateLabels(labels);
+      patch.labels = labels;
+    }
     const privateKey = patch.privateKey !== undefined ? patch.privateKey : current.privateKey;
     const password = patch.password !== undefined ? patch.password : current.password;
     if (!privateKey && !password) throw new InvalidArgumentError("private_key", "a private_key or a password is required");

@@ -82,6 +82,50 @@ describe("machines", () => {
     expect(hist.body.data.map((c: { id: string }) => c.id)).toEqual([run.body.data.id]);
   });
 
+  it("PATCH labels: a plain JSON body replaces them all; a merge patch changes or removes single labels; gRPC does the same with merge_labels/remove_labels", async () => {
+    const id = await registerMachine(svc, fleet, { index: 7, user: "frtest", labels: { env: "test", role: "db", zone: "a" } });
+    const mergePatch = (body: unknown) => svc.rest("PATCH", `/v1/machines/${id}`, body, { "content-type": "application/merge-patch+json" });
+
+    const one = await mergePatch({ labels: { env: "prod" } });
+    expect(one.status, one.text).toBe(200);
+    expect(one.body.data.labels).toEqual({ env: "prod", role: "db", zone: "a" });
+
+    const mixed = await mergePatch({ labels: { zone: null, tier: "gold" }, name: "renamed-7" });
+    expect(mixed.status, mixed.text).toBe(200);
+    expect(mixed.body.data.labels).toEqual({ env: "prod", role: "db", tier: "gold" });
+    expect(mixed.body.data.name).toBe("renamed-7");
+
+    // A null for a field that cannot be removed is refused, naming it.
+    const badNull = await mergePatch({ port: null });
+    expect(badNull.status).toBe(400);
+    expect(badNull.body.error.field).toBe("port");
+
+    // Plain JSON: `labels` replaces the whole map (as documented).
+    const replaced = await svc.rest("PATCH", `/v1/machines/${id}`, { labels: { only: "this" } });
+    expect(replaced.body.data.labels).toEqual({ only: "this" });
+
+    const client = new GrpcClient(svc.url, svc.token);
+    try {
+      const m = await client.unary(MachineService.method.updateMachine, { id, mergeLabels: { a: "1", b: "2" }, removeLabels: ["only"] });
+      expect(m.labels).toEqual({ a: "1", b: "2" });
+      const m2 = await client.unary(MachineService.method.updateMachine, { id, removeLabels: ["a", "missing"] });
+      expect(m2.labels).toEqual({ b: "2" });
+      await expect(client.unary(MachineService.method.updateMachine, { id, labels: { x: "y" }, mergeLabels: { a: "1" } })).rejects.toMatchObject({
+        code: 3,
+        details: expect.stringContaining("merge_labels"),
+      });
+      await expect(client.unary(MachineService.method.updateMachine, { id, mergeLabels: { a: "1" }, removeLabels: ["a"] })).rejects.toMatchObject({ code: 3 });
+    } finally {
+      client.close();
+    }
+
+    // Merge patch `"labels": null` removes them all.
+    const cleared = await mergePatch({ labels: null });
+    expect(cleared.status, cleared.text).toBe(200);
+    expect(cleared.body.data.labels).toEqual({});
+    expect((await svc.rest("GET", `/v1/machines/${id}`)).body.data.labels).toEqual({});
+  });
+
   it("rejects bad machine input naming the field", async () => {
     const base = { name: "bad", host: "127.0.0.1", username: "root", password: "pw" };
     const cases: [Record<string, unknown>, string][] = [
