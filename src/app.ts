@@ -154,6 +154,8 @@ export function buildApp(deps: AppDeps): App {
     local: deps.local,
     localMachine,
     checkPrivateKey: privateKeyProblem,
+    cancelCommand: (id) => engine.cancel(id),
+    cancelWaitMs: config.graceMs + 10_000,
   });
   const batches = new BatchRunner(engine, stores, { defaultConcurrency: config.batchConcurrency, maxMachines: config.batchMaxMachines });
 

@@ -12,7 +12,7 @@ import { createGrpcWebTransport } from "@connectrpc/connect-node";
 import { CommandService, CommandStatus } from "../../src/gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "../../src/gen/fleetrun/v1/machine_pb.js";
 import { HealthCheckResponse_ServingStatus, Health } from "../../src/gen/grpc/health/v1/health_pb.js";
-import { GrpcClient, ROOT, eventually, registerMachine, startService, type TestService } from "../fixtures/service.ts";
+import { GrpcClient, ROOT, eventually, processesWith, registerMachine, startService, type TestService } from "../fixtures/service.ts";
 
 const fleet = inject("sshFleet");
 
@@ -145,15 +145,25 @@ describe("machines", () => {
     }
   });
 
-  it("refuses to delete a machine with a running command unless forced", async () => {
+  it("refuses to delete a machine with a running command unless forced; force cancels its commands first", async () => {
     const id = await registerMachine(svc, fleet, { index: 6, user: "frtest" });
-    const started = await svc.rest("POST", "/v1/commands/async", { machine_id: id, command: "sleep 30" });
+    const mark = `30.${process.pid}${Date.now() % 100000}`;
+    const started = await svc.rest("POST", "/v1/commands/async", { machine_id: id, command: `sleep ${mark}` });
+    // A command with a waiting caller too (the light path).
+    const waiting = svc.rest("POST", "/v1/commands", { machine_id: id, command: `sleep ${mark}1` });
     await eventually(async () => (await svc.rest("GET", `/v1/commands/${started.body.data.id}`)).body.data.status === "running");
+    await eventually(() => processesWith(mark).length >= 2, 10_000, "both sleeps running");
     const refused = await svc.rest("DELETE", `/v1/machines/${id}`);
     expect(refused.status).toBe(409);
     expect(refused.body.error.code).toBe("failed_precondition");
-    expect((await svc.rest("DELETE", `/v1/machines/${id}?force=true`)).status).toBe(200);
-    await svc.rest("DELETE", `/v1/commands/${started.body.data.id}`);
+    const forced = await svc.rest("DELETE", `/v1/machines/${id}?force=true`);
+    expect(forced.status).toBe(200);
+    // By the time the delete answers, its commands were cancelled and are gone from the target.
+    const after = await svc.rest("GET", `/v1/commands/${started.body.data.id}`);
+    expect(after.body.data.status).toBe("cancelled");
+    expect((await waiting).body.data.status).toBe("cancelled");
+    expect(processesWith(mark)).toEqual([]);
+    expect((await svc.rest("GET", `/v1/machines/${id}`)).status).toBe(404);
   });
 
   it("a cancelled queued command never starts", async () => {
