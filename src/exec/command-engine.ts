@@ -528,6 +528,8 @@ export class CommandEngine {
     const record = await this.deps.stores.commands.get(id);
     if (!record) throw new NotFoundError("command", id, "id");
     if (isTerminal(record.status)) {
+      // Repeating a cancel that took effect is answered like the first one.
+      if (record.status === "cancelled") return;
       throw new FailedPreconditionError(`command ${id} already ended (${record.status})`);
     }
     const run = this.runs.get(id);

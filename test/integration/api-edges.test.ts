@@ -121,4 +121,32 @@ describe("API edges", () => {
       expect(done.error.message).toContain("cwd /no/such/dir: no such directory");
     });
   });
+
+  describe("cancel", () => {
+    it("is 409 for a command that ended otherwise than cancelled, and 200 again for a cancelled one", async () => {
+      const done = await svc.rest("POST", "/v1/commands", { machine_id: "mach_local", command: "exit 4", timeout: 10000 });
+      expect(done.body.data.status).toBe("completed");
+      const late = await svc.rest("DELETE", `/v1/commands/${done.body.data.id}`);
+      expect(late.status).toBe(409);
+      expect(late.body.error.code).toBe("failed_precondition");
+      expect(late.body.error.message).toContain("completed");
+
+      const started = await svc.rest("POST", "/v1/commands/async", { machine_id: "mach_local", command: "sleep 30", timeout: 60000 });
+      const id = started.body.data.id as string;
+      await eventually(async () => (await svc.rest("GET", `/v1/commands/${id}`)).body.data.status === "running");
+      const answers: number[] = [];
+      // Repeated while the group dies and after it is gone: always 200.
+      for (;;) {
+        const r = await svc.rest("DELETE", `/v1/commands/${id}`);
+        answers.push(r.status);
+        expect(r.body).toEqual({ data: { cancelled: true } });
+        if ((await svc.rest("GET", `/v1/commands/${id}`)).body.data.status === "cancelled") break;
+        expect(answers.length).toBeLessThan(200);
+      }
+      const after = await svc.rest("DELETE", `/v1/commands/${id}`);
+      expect(after.status).toBe(200);
+      expect(after.body).toEqual({ data: { cancelled: true } });
+      expect(answers.every((s) => s === 200)).toBe(true);
+    });
+  });
 });
