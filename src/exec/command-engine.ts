@@ -82,7 +82,12 @@ interface Run {
   killSent: boolean;
 }
 
-/** Slack of the light path's target-side watchdog behind the service's own timer. */
+/**
+ * Slack of the light path's target-side watchdog behind the service's own
+ * timer and its SIGKILL. The watchdog (coreutils `timeout -k`) fires at
+ * timeout + grace + slack: its first alarm stays armed after the service's
+ * SIGTERM and would otherwise cut the grace period short.
+ */
 const WATCHDOG_SLACK_MS = 2_000;
 
 /** A waiting caller's output up to this size per stream is handed over from memory. */
@@ -324,7 +329,7 @@ export class CommandEngine {
           user: record.user,
           timeoutMs: record.timeoutMs,
           graceMs: this.deps.config.graceMs,
-          watchdogMs: record.timeoutMs + WATCHDOG_SLACK_MS,
+          watchdogMs: record.timeoutMs + this.deps.config.graceMs + WATCHDOG_SLACK_MS,
         },
         (stream, data) => log.append(stream, data),
         (pgid, leaderStart) => {
