@@ -80,6 +80,8 @@ interface Run {
   timedOut: boolean;
   /** Light path: a SIGTERM reached the command's group. */
   killSent: boolean;
+  /** Left by a previous process and taken over at start. */
+  recovered?: boolean;
 }
 
 /**
@@ -257,13 +259,13 @@ export class CommandEngine {
     const ok = await commands.transition(record.id, ["queued"], {
       status: "running",
       startedAt,
-      runner: { jobDir, user: record.user },
+      runner: { jobDir, user: record.user, starting: true },
     });
     if (!ok) {
       const now = await commands.get(record.id);
       return now ?? record;
     }
-    Object.assign(run.record, { status: "running", startedAt, runner: { jobDir, user: record.user } });
+    Object.assign(run.record, { status: "running", startedAt, runner: { jobDir, user: record.user, starting: true } });
     this.deps.observer?.commandStarted?.(run.record);
     const log = OutputLog.fresh(commands, record.id, this.logOptions(record.id));
     run.log = log;
@@ -284,13 +286,17 @@ export class CommandEngine {
           sweepAfterMinutes: this.sweepDue(run.target.id),
         },
         (stream, data) => log.append(stream, data),
-        () => this.onRemoteStarted(run),
+        () => {
+          this.onRemoteStarted(run);
+          this.markOnTarget(run);
+        },
       );
     } catch (err) {
       end = toNotStarted(err);
     }
     if (end.kind === "exists") {
       this.onRemoteStarted(run);
+      this.markOnTarget(run);
       end = await this.follow(run, { kind: "disconnected", error: new TargetError("connection_lost", "job already existed", record.id) });
     } else if (end.kind === "disconnected") {
       end = await this.follow(run, end);
@@ -385,6 +391,17 @@ export class CommandEngine {
     };
   }
 
+  /** Records that the job exists on its target (clears `runner.starting`). */
+  private markOnTarget(run: Run): void {
+    const runner = run.record.runner;
+    if (!runner?.starting) return;
+    const { starting: _starting, ...onTarget } = runner;
+    run.record.runner = onTarget;
+    this.deps.stores.commands.transition(run.record.id, ["running"], { runner: onTarget }).catch((err: unknown) => {
+      this.deps.observer?.warn?.("could not record that a job started", { command_id: run.record.id, error: String(err) });
+    });
+  }
+
   private onRemoteStarted(run: Run): void {
     if (run.remoteStarted) return;
     run.remoteStarted = true;
@@ -415,6 +432,7 @@ export class CommandEngine {
       try {
         await log.flush();
         end = await attachJob(transport, run.target, record.runner!.jobDir, log.received, (s, d) => log.append(s, d));
+        if (end.kind === "ended" || end.kind === "dead") this.markOnTarget(run);
       } catch (err) {
         end = { kind: "disconnected", error: err instanceof TargetError ? err : new TargetError("connection_lost", String(err), record.machineId) };
       }
@@ -442,6 +460,16 @@ export class CommandEngine {
       case "not_started":
         return this.finish(run, "failed", { errorCode: end.reason, errorMessage: end.message || end.reason, startedAt: null });
       case "gone":
+        if (run.record.runner?.starting) {
+          // The start script never created the job: nothing ran, a retry is safe.
+          return this.finish(run, "failed", {
+            errorCode: run.recovered ? "service_restarted" : "spawn_failed",
+            errorMessage: run.recovered
+              ? "the service restarted before the command started on its target; it never started"
+              : "the connection dropped before the command started on its target; it never started",
+            startedAt: null,
+          });
+        }
         return this.finish(run, "lost", { errorCode: "remote_state_lost", errorMessage: "the job's state on the target is gone" });
       case "dead":
         return this.finish(run, "lost", {
@@ -687,7 +715,9 @@ export class CommandEngine {
       hostKeyFingerprint: null,
       hostKeyAlgorithm: null,
     };
-    return newRun({ ...record }, unknownTarget, false);
+    const run = newRun({ ...record }, unknownTarget, false);
+    run.recovered = true;
+    return run;
   }
 
   /**

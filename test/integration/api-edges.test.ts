@@ -8,7 +8,8 @@ import { request as httpRequest } from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { eventually, startService, type TestService } from "../fixtures/service.ts";
+import { CommandService } from "../../src/gen/fleetrun/v1/command_pb.js";
+import { GrpcClient, eventually, startService, type TestService } from "../fixtures/service.ts";
 
 /** A raw HTTP/1.1 request (no client-side URL normalisation). */
 function rawRequest(url: string, method: string, path: string, headers: Record<string, string> = {}, body?: string): Promise<{ status: number; headers: Record<string, unknown>; text: string }> {
@@ -147,6 +148,71 @@ describe("API edges", () => {
       expect(after.status).toBe(200);
       expect(after.body).toEqual({ data: { cancelled: true } });
       expect(answers.every((s) => s === 200)).toBe(true);
+    });
+  });
+
+  describe("recovery at start", () => {
+    /** A detached command as a crashed process left it: `running`, its job not (or no longer) on the target. */
+    async function leftRunning(runner: Record<string, unknown>): Promise<string> {
+      const rec = svc.app.engine.newRecord("mach_local", { command: "echo never", cwd: null, env: {}, timeoutMs: 60_000, user: null }, "admin", false);
+      const jobDir = `.fleetrun/jobs/${rec.id}`;
+      await svc.stores.commands.insertMany([{ ...rec, status: "running", startedAt: new Date(), runner: { jobDir, user: null, ...runner } as never }]);
+      return rec.id;
+    }
+
+    it("records a detached command accepted just before a crash that never started as failed (service_restarted), never lost", async () => {
+      const neverStarted = await leftRunning({ starting: true });
+      // Started, then its state on the target was deleted: its outcome is unknown.
+      const stateGone = await leftRunning({});
+      await svc.app.engine.recover();
+      const a = await eventually(async () => {
+        const g = await svc.rest("GET", `/v1/commands/${neverStarted}`);
+        return g.body.data.finished_at !== null ? g.body.data : null;
+      });
+      expect(a.status).toBe("failed");
+      expect(a.error.code).toBe("service_restarted");
+      expect(a.error.message).toContain("never started");
+      expect(a.started_at).toBeNull();
+      expect(a.exit_code).toBeNull();
+      const b = await eventually(async () => {
+        const g = await svc.rest("GET", `/v1/commands/${stateGone}`);
+        return g.body.data.finished_at !== null ? g.body.data : null;
+      });
+      expect(b.status).toBe("lost");
+      expect(b.error.code).toBe("remote_state_lost");
+    });
+
+    it("a detached command that started is no longer `starting` in the store", async () => {
+      const s = await svc.rest("POST", "/v1/commands/async", { machine_id: "mach_local", command: "sleep 2", timeout: 10000 });
+      const id = s.body.data.id as string;
+      const rec = await eventually(async () => {
+        const r = await svc.stores.commands.get(id);
+        return r?.runner && !r.runner.starting ? r : null;
+      });
+      expect(rec.status).toBe("running");
+      await svc.rest("DELETE", `/v1/commands/${id}`);
+    });
+  });
+
+  describe("request values", () => {
+    it("passes an env variable named __proto__ byte-exact (REST and gRPC)", async () => {
+      const body = '{"machine_id":"mach_local","command":"printf %s \\"$__proto__|$constructor|$A\\"","env":{"__proto__":"p r\'o","constructor":"c","A":"a"},"timeout":10000}';
+      const r = await rawRequest(svc.url, "POST", "/v1/commands", auth, body);
+      expect(r.status, r.text).toBe(200);
+      const c = (JSON.parse(r.text) as { data: { stdout: string; env_keys: string[] } }).data;
+      expect(c.stdout).toBe("p r'o|c|a");
+      expect([...c.env_keys].sort()).toEqual(["A", "__proto__", "constructor"]);
+
+      const client = new GrpcClient(svc.url, svc.token);
+      try {
+        const env: Record<string, string> = {};
+        Object.defineProperty(env, "__proto__", { value: "via grpc", enumerable: true, writable: true, configurable: true });
+        const g = await client.unary(CommandService.method.execute, { machineId: "mach_local", command: 'printf %s "$__proto__"', env });
+        expect(Buffer.from(g.stdout).toString()).toBe("via grpc");
+        expect(g.envKeys).toEqual(["__proto__"]);
+      } finally {
+        client.close();
+      }
     });
   });
 });
