@@ -296,7 +296,33 @@ function parseJsonBody(request: FastifyRequest, mustBeObject: boolean): unknown 
   if (mustBeObject && (json === null || typeof json !== "object" || Array.isArray(json))) {
     throw new RestInputError(undefined, "request body must be a JSON object");
   }
+  checkWellFormed(json, "");
   return json;
+}
+
+/**
+ * JSON may escape a lone UTF-16 surrogate (`"\ud800"`), which is no Unicode
+ * text and cannot be encoded as a protobuf string: 400 naming the field, as
+ * Connect answers for the same body.
+ */
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+function checkWellFormed(json: unknown, path: string): void {
+  const problem = "must be valid Unicode text (it contains an unpaired surrogate escape such as \\ud800)";
+  if (typeof json === "string") {
+    if (LONE_SURROGATE.test(json)) throw new RestInputError(path === "" ? undefined : path, problem);
+    return;
+  }
+  if (json === null || typeof json !== "object") return;
+  if (Array.isArray(json)) {
+    json.forEach((v, i) => checkWellFormed(v, `${path}[${i}]`));
+    return;
+  }
+  for (const [k, v] of Object.entries(json as Record<string, unknown>)) {
+    const at = path === "" ? k : `${path}.${k}`;
+    if (LONE_SURROGATE.test(k)) throw new RestInputError(path === "" ? undefined : path, `a key ${problem}`);
+    checkWellFormed(v, at);
+  }
 }
 
 function isJsonMediaType(contentType: string): boolean {

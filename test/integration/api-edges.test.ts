@@ -215,4 +215,35 @@ describe("API edges", () => {
       }
     });
   });
+
+  describe("unpaired surrogates", () => {
+    const lone = "\\ud800";
+    const cases: [string, string, string, string][] = [
+      ["POST", "/v1/commands", `{"machine_id":"mach_local","command":"echo ${lone}"}`, "command"],
+      ["POST", "/v1/commands", `{"machine_id":"mach_local","command":"true","cwd":"/tmp/${lone}"}`, "cwd"],
+      ["POST", "/v1/commands", `{"machine_id":"mach_local","command":"true","env":{"A":"${lone}"}}`, "env.A"],
+      ["POST", "/v1/commands", `{"machine_id":"mach_${lone}","command":"true"}`, "machine_id"],
+      ["POST", "/v1/commands/async", `{"machine_id":"mach_local","command":"true","user":"${lone}"}`, "user"],
+      ["POST", "/v1/machines", `{"name":"x${lone}","host":"127.0.0.1","username":"root","password":"pw"}`, "name"],
+      ["POST", "/v1/commands/batch", `{"machine_ids":["mach_local"],"command":"echo ${lone}"}`, "command"],
+      ["POST", "/v1/commands/batch", `{"machine_ids":["mach_${lone}"],"command":"true"}`, "machine_ids[0]"],
+      ["POST", "/v1/commands/batch", `{"machine_ids":["mach_local"],"command":"true","max_errors":"1${lone}"}`, "max_errors"],
+      ["POST", "/v1/commands", `{"machine_id":"mach_local","command":"true","env":{"${lone}":"x"}}`, "env"],
+    ];
+    it("are 400 naming the field over REST", async () => {
+      for (const [method, path, body, field] of cases) {
+        const r = await rawRequest(svc.url, method, path, auth, body);
+        expect(r.status, `${path} ${field}: ${r.text}`).toBe(400);
+        const err = expectEnvelope(r.text, "invalid_argument");
+        expect(err.field, body).toBe(field);
+      }
+      // A surrogate pair is fine.
+      const pair = await rawRequest(svc.url, "POST", "/v1/commands", auth, '{"machine_id":"mach_local","command":"printf %s \\ud83d\\ude00"}');
+      expect(pair.status).toBe(200);
+      expect((JSON.parse(pair.text) as { data: { stdout: string } }).data.stdout).toBe("😀");
+      // Connect JSON answers the same body the same way.
+      const connect = await rawRequest(svc.url, "POST", "/fleetrun.v1.CommandService/Execute", auth, `{"machineId":"mach_local","command":"echo ${lone}"}`);
+      expect(connect.status).toBe(400);
+    });
+  });
 });
