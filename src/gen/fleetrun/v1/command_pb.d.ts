@@ -481,7 +481,7 @@ export declare type BatchRequest = Message<"fleetrun.v1.BatchRequest"> & {
   maxConcurrency?: Value | undefined;
 
   /**
-   * Stop launching once more than this many failed: a count or "N%".
+   * Stop launching once BatchMeta.errors exceeds this: a count or "N%".
    *
    * @generated from field: google.protobuf.Value max_errors = 9;
    */
