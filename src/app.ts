@@ -5,7 +5,7 @@
 import os from "node:os";
 import { createRouterTransport, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
-import type { FastifyInstance, FastifyServerOptions } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest, FastifyServerOptions } from "fastify";
 import { settingName, type Config } from "./config.ts";
 import { Admission } from "./exec/admission.ts";
 import { BatchRunner } from "./exec/batch-runner.ts";
@@ -16,6 +16,7 @@ import { CommandService } from "./gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "./gen/fleetrun/v1/machine_pb.js";
 import { Counter, EVENT_LOOP_LAG_BUCKETS, Gauge, Histogram, Registry, sampleEventLoopLag } from "./metrics.ts";
 import { registerOpenApiRoute } from "./rest/openapi-route.ts";
+import { RestHttpError, restErrorFrom } from "./rest/rest-errors.ts";
 import { registerRestRoutes, restLoggerSerializers } from "./rest/rest-routes.ts";
 import { authInterceptor, TokenVerifier } from "./rpc/auth.ts";
 import { batchHandlers } from "./rpc/batch-handlers.ts";
@@ -99,6 +100,11 @@ export function buildApp(deps: AppDeps): App {
     logger: deps.logger ?? false,
     bodyLimit: config.bodyLimit,
     ...(deps.tls ? { tls: deps.tls } : {}),
+    fastify: {
+      // `/v1/commands/` is `/v1/commands`, never `/v1/commands/{id}` with an empty id.
+      routerOptions: { ignoreTrailingSlash: true },
+      frameworkErrors: (err, request, reply) => sendErrorEnvelope(request, reply, err),
+    },
   });
   const log = fastify.log;
   registerCors(fastify, { origins: config.corsOrigins });
@@ -175,6 +181,8 @@ export function buildApp(deps: AppDeps): App {
     local: deps.local,
     localMachine,
     checkPrivateKey: privateKeyProblem,
+    cancelCommand: (id) => engine.cancel(id),
+    cancelWaitMs: config.graceMs + 10_000,
   });
   const batches = new BatchRunner(engine, stores, { defaultConcurrency: config.batchConcurrency, maxMachines: config.batchMaxMachines });
 
@@ -206,6 +214,12 @@ export function buildApp(deps: AppDeps): App {
   });
 
   registerOpenApiRoute(fastify);
+  // Everything outside the REST routes answers errors in the same envelope.
+  fastify.setNotFoundHandler((request, reply) =>
+    sendErrorEnvelope(request, reply, new RestHttpError(404, "not_found", `no route for ${request.method} ${request.url.split("?")[0] ?? ""}`)),
+  );
+  fastify.setErrorHandler((err, request, reply) => sendErrorEnvelope(request, reply, err, config.bodyLimit));
+
   fastify.get("/healthz", async () => ({ status: "ok" }));
   fastify.get("/readyz", async (_req, reply) => {
     try {
@@ -220,4 +234,11 @@ export function buildApp(deps: AppDeps): App {
   });
 
   return { fastify, engine, registry, batches, health, metrics };
+}
+
+/** Answers `err` as `{"error":{"code","message","field"?}}` with its HTTP status. */
+function sendErrorEnvelope(request: FastifyRequest, reply: FastifyReply, err: unknown, bodyLimit?: number): FastifyReply {
+  const { status, body } = restErrorFrom(err, bodyLimit);
+  if (status >= 500) request.log.error({ err }, "request failed");
+  return reply.code(status).header("content-type", "application/json; charset=utf-8").send(JSON.stringify(body));
 }

@@ -36,11 +36,20 @@ export interface BatchConfig {
   maxMachines: number;
 }
 
+/** Ended commands of a batch by how they ended. */
 export interface BatchSummary {
   batchId: string;
+  /** `completed` with exit code 0. */
   succeeded: number;
+  /** `completed` with a non-zero exit code, or `failed` (never started). */
   failed: number;
+  /** `skipped`: never launched. */
   skipped: number;
+  timedOut: number;
+  cancelled: number;
+  lost: number;
+  /** What `max_errors` counts: every ended command that did not succeed and was not skipped. */
+  errors: number;
 }
 
 interface Prepared {
@@ -62,17 +71,35 @@ export function succeeded(c: CommandRecord): boolean {
   return c.status === "completed" && c.exitCode === 0;
 }
 
+/** Whether a finished command counts against the batch's `max_errors`. */
+export function isError(c: CommandRecord): boolean {
+  return isTerminal(c.status) && c.status !== "skipped" && !succeeded(c);
+}
+
 export function summarize(batchId: string, commands: CommandRecord[]): BatchSummary {
-  let ok = 0;
-  let failed = 0;
-  let skipped = 0;
+  const s: BatchSummary = { batchId, succeeded: 0, failed: 0, skipped: 0, timedOut: 0, cancelled: 0, lost: 0, errors: 0 };
   for (const c of commands) {
     if (!isTerminal(c.status)) continue;
-    if (c.status === "skipped") skipped++;
-    else if (succeeded(c)) ok++;
-    else failed++;
+    if (isError(c)) s.errors++;
+    switch (c.status) {
+      case "skipped":
+        s.skipped++;
+        break;
+      case "timed_out":
+        s.timedOut++;
+        break;
+      case "cancelled":
+        s.cancelled++;
+        break;
+      case "lost":
+        s.lost++;
+        break;
+      default:
+        if (succeeded(c)) s.succeeded++;
+        else s.failed++;
+    }
   }
-  return { batchId, succeeded: ok, failed, skipped };
+  return s;
 }
 
 export class BatchRunner {
@@ -196,7 +223,7 @@ export class BatchRunner {
             r.finished.then((done) => {
               running.delete(record.id);
               results.set(record.id, done);
-              if (!succeeded(done)) failures++;
+              if (isError(done)) failures++;
               if (failures > batch.maxErrors && stopReason === null) stopReason = "error_budget_exhausted";
               onResult?.(done);
               wake();

@@ -14,13 +14,13 @@ import { newId } from "./ids.ts";
 import { OutputBus } from "./output-bus.ts";
 import { FlushClock } from "./flush-clock.ts";
 import { OutputLog } from "./output-log.ts";
+import { joinStoredOutput } from "./output-seam.ts";
 import {
   isTerminal,
   type CommandRecord,
   type CommandStatus,
   type MachineRecord,
   type MachineTarget,
-  type OutputChunkRecord,
   type OutputStreamName,
   type RunnerState,
   type Stores,
@@ -86,9 +86,16 @@ interface Run {
   killSent: boolean;
   /** Its place in the admission limits, given back when it ends. */
   slot: CommandSlot | null;
+  /** Left by a previous process and taken over at start. */
+  recovered?: boolean;
 }
 
-/** Slack of the light path's target-side watchdog behind the service's own timer. */
+/**
+ * Slack of the light path's target-side watchdog behind the service's own
+ * timer and its SIGKILL. The watchdog (coreutils `timeout -k`) fires at
+ * timeout + grace + slack: its first alarm stays armed after the service's
+ * SIGTERM and would otherwise cut the grace period short.
+ */
 const WATCHDOG_SLACK_MS = 2_000;
 
 /** A waiting caller's output up to this size per stream is handed over from memory. */
@@ -311,13 +318,13 @@ export class CommandEngine {
     const ok = await commands.transition(record.id, ["queued"], {
       status: "running",
       startedAt,
-      runner: { jobDir, user: record.user },
+      runner: { jobDir, user: record.user, starting: true },
     });
     if (!ok) {
       const now = await commands.get(record.id);
       return now ?? record;
     }
-    Object.assign(run.record, { status: "running", startedAt, runner: { jobDir, user: record.user } });
+    Object.assign(run.record, { status: "running", startedAt, runner: { jobDir, user: record.user, starting: true } });
     this.deps.observer?.commandStarted?.(run.record);
     const log = OutputLog.fresh(commands, record.id, this.logOptions(record.id));
     run.log = log;
@@ -338,13 +345,17 @@ export class CommandEngine {
           sweepAfterMinutes: this.sweepDue(run.target.id),
         },
         (stream, data) => log.append(stream, data),
-        () => this.onRemoteStarted(run),
+        () => {
+          this.onRemoteStarted(run);
+          this.markOnTarget(run);
+        },
       );
     } catch (err) {
       end = toNotStarted(err);
     }
     if (end.kind === "exists") {
       this.onRemoteStarted(run);
+      this.markOnTarget(run);
       end = await this.follow(run, { kind: "disconnected", error: new TargetError("connection_lost", "job already existed", record.id) });
     } else if (end.kind === "disconnected") {
       end = await this.follow(run, end);
@@ -383,7 +394,7 @@ export class CommandEngine {
           user: record.user,
           timeoutMs: record.timeoutMs,
           graceMs: this.deps.config.graceMs,
-          watchdogMs: record.timeoutMs + WATCHDOG_SLACK_MS,
+          watchdogMs: record.timeoutMs + this.deps.config.graceMs + WATCHDOG_SLACK_MS,
         },
         (stream, data) => log.append(stream, data),
         (pgid, leaderStart) => {
@@ -458,6 +469,17 @@ export class CommandEngine {
     };
   }
 
+  /** Records that the job exists on its target (clears `runner.starting`). */
+  private markOnTarget(run: Run): void {
+    const runner = run.record.runner;
+    if (!runner?.starting) return;
+    const { starting: _starting, ...onTarget } = runner;
+    run.record.runner = onTarget;
+    this.deps.stores.commands.transition(run.record.id, ["running"], { runner: onTarget }).catch((err: unknown) => {
+      this.deps.observer?.warn?.("could not record that a job started", { command_id: run.record.id, error: String(err) });
+    });
+  }
+
   private onRemoteStarted(run: Run): void {
     run.slot?.started();
     if (run.remoteStarted) return;
@@ -489,6 +511,7 @@ export class CommandEngine {
       try {
         await log.flush();
         end = await attachJob(transport, run.target, record.runner!.jobDir, log.received, (s, d) => log.append(s, d));
+        if (end.kind === "ended" || end.kind === "dead") this.markOnTarget(run);
       } catch (err) {
         end = { kind: "disconnected", error: err instanceof TargetError ? err : new TargetError("connection_lost", String(err), record.machineId) };
       }
@@ -516,6 +539,16 @@ export class CommandEngine {
       case "not_started":
         return this.finish(run, "failed", { errorCode: end.reason, errorMessage: end.message || end.reason, startedAt: null });
       case "gone":
+        if (run.record.runner?.starting) {
+          // The start script never created the job: nothing ran, a retry is safe.
+          return this.finish(run, "failed", {
+            errorCode: run.recovered ? "service_restarted" : "spawn_failed",
+            errorMessage: run.recovered
+              ? "the service restarted before the command started on its target; it never started"
+              : "the connection dropped before the command started on its target; it never started",
+            startedAt: null,
+          });
+        }
         return this.finish(run, "lost", { errorCode: "remote_state_lost", errorMessage: "the job's state on the target is gone" });
       case "dead":
         return this.finish(run, "lost", {
@@ -607,6 +640,8 @@ export class CommandEngine {
     const record = await this.deps.stores.commands.get(id);
     if (!record) throw new NotFoundError("command", id, "id");
     if (isTerminal(record.status)) {
+      // Repeating a cancel that took effect is answered like the first one.
+      if (record.status === "cancelled") return;
       throw new FailedPreconditionError(`command ${id} already ended (${record.status})`);
     }
     const run = this.runs.get(id);
@@ -646,7 +681,7 @@ export class CommandEngine {
   async view(record: CommandRecord | CommandView): Promise<CommandView> {
     if ("stdout" in record && Buffer.isBuffer(record.stdout) && Buffer.isBuffer(record.stderr)) return record;
     const chunks = await this.deps.stores.commands.readOutput(record.id, 0, Number.MAX_SAFE_INTEGER);
-    return { ...record, ...joinOutput(chunks) };
+    return { ...record, ...joinStoredOutput(chunks, record, Math.floor(this.deps.config.outputCapPerStream / 2)) };
   }
 
   /**
@@ -774,7 +809,9 @@ export class CommandEngine {
       hostKeyFingerprint: null,
       hostKeyAlgorithm: null,
     };
-    return newRun({ ...record }, unknownTarget, false);
+    const run = newRun({ ...record }, unknownTarget, false);
+    run.recovered = true;
+    return run;
   }
 
   /**
@@ -823,11 +860,4 @@ function newRun(record: CommandRecord, target: MachineTarget, sync: boolean): Ru
 function toNotStarted(err: unknown): JobEnd {
   if (err instanceof TargetError) return { kind: "not_started", reason: err.reason, message: err.message };
   return { kind: "not_started", reason: "spawn_failed", message: String((err as Error)?.message ?? err) };
-}
-
-export function joinOutput(chunks: OutputChunkRecord[]): { stdout: Buffer; stderr: Buffer } {
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  for (const c of chunks) (c.stream === "stdout" ? out : err).push(c.data);
-  return { stdout: Buffer.concat(out), stderr: Buffer.concat(err) };
 }

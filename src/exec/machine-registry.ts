@@ -2,7 +2,8 @@
  * The machine registry: validation of SSH targets, write-only credentials,
  * delete rules, and connection tests.
  */
-import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, TargetError } from "./errors.ts";
+import { setTimeout as sleep } from "node:timers/promises";
+import { AlreadyExistsError, FailedPreconditionError, FleetError, InvalidArgumentError, NotFoundError, TargetError } from "./errors.ts";
 import { newId } from "./ids.ts";
 import type { MachineRecord, MachineStore, CommandStore, Transport } from "./ports.ts";
 import { userNameProblem } from "./shell-quote.ts";
@@ -19,6 +20,10 @@ export interface MachineInput {
   hostKeyAlgorithm?: string | undefined;
   labels?: Record<string, string> | undefined;
   clearLabels?: boolean | undefined;
+  /** Labels to add or change, the others kept (update only). */
+  mergeLabels?: Record<string, string> | undefined;
+  /** Label keys to remove, the others kept (update only). */
+  removeLabels?: string[] | undefined;
 }
 
 export interface TestResult {
@@ -37,6 +42,13 @@ export interface RegistryDeps {
   localMachine: MachineRecord | null;
   /** Returns why a private key cannot be used (never the key itself), or null. */
   checkPrivateKey: (key: string, passphrase: string | null) => string | null;
+  /** Cancels one command (as `DELETE /v1/commands/{id}`); used by a forced delete. */
+  cancelCommand?: ((id: string) => Promise<void>) | undefined;
+  /**
+   * How long a forced delete waits for the machine's cancelled commands to end.
+   * @default 15000
+   */
+  cancelWaitMs?: number | undefined;
 }
 
 const HOST = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$|^\[?[0-9A-Fa-f:.]+\]?$/;
@@ -170,6 +182,20 @@ export class MachineRegistry {
     if (input.hostKeyAlgorithm !== undefined) patch.hostKeyAlgorithm = input.hostKeyAlgorithm || null;
     if (input.labels && Object.keys(input.labels).length > 0) patch.labels = input.labels;
     else if (input.clearLabels) patch.labels = {};
+    const merge = input.mergeLabels ?? {};
+    const remove = input.removeLabels ?? [];
+    if (Object.keys(merge).length > 0 || remove.length > 0) {
+      if (patch.labels !== undefined) {
+        throw new InvalidArgumentError(Object.keys(merge).length > 0 ? "merge_labels" : "remove_labels", "cannot be combined with labels or clear_labels");
+      }
+      const both = remove.find((k) => Object.hasOwn(merge, k));
+      if (both !== undefined) throw new InvalidArgumentError("remove_labels", `key ${JSON.stringify(both.slice(0, 64))} is also in merge_labels`);
+      validateLabels(merge, "merge_labels");
+      const labels = { ...current.labels, ...merge };
+      for (const k of remove) delete labels[k];
+      validateLabels(labels);
+      patch.labels = labels;
+    }
     const privateKey = patch.privateKey !== undefined ? patch.privateKey : current.privateKey;
     const password = patch.password !== undefined ? patch.password : current.password;
     if (!privateKey && !password) throw new InvalidArgumentError("private_key", "a private_key or a password is required");
@@ -189,9 +215,40 @@ export class MachineRegistry {
       if (active > 0) {
         throw new FailedPreconditionError(`machine ${id} has ${active} running command(s); pass force=true to delete it anyway`);
       }
+    } else {
+      await this.cancelCommandsOn(id);
     }
     await this.deps.machines.delete(id);
     this.deps.ssh.forget(id);
+  }
+
+  /**
+   * A forced delete first cancels the machine's queued and running commands
+   * (SIGTERM to each process group, SIGKILL after the grace period) and waits
+   * up to `cancelWaitMs` for them to end, so none is left running on a target
+   * whose machine no longer exists. Commands that ended meanwhile are fine.
+   */
+  private async cancelCommandsOn(machineId: string): Promise<void> {
+    const cancel = this.deps.cancelCommand;
+    if (cancel === undefined) return;
+    const active = (await this.deps.commands.listActive()).filter((c) => c.machineId === machineId);
+    if (active.length === 0) return;
+    await Promise.all(
+      active.map((c) =>
+        cancel(c.id).catch((err: unknown) => {
+          // Ended by itself meanwhile, already gone on the target, or the target cannot
+          // be reached (then its run ends `lost` once the connection is given up): delete anyway.
+          if (err instanceof TargetError) return;
+          if (!(err instanceof FleetError && (err.code === "failed_precondition" || err.code === "not_found"))) throw err;
+        }),
+      ),
+    );
+    const deadline = Date.now() + (this.deps.cancelWaitMs ?? 15_000);
+    for (;;) {
+      if ((await this.deps.commands.countActiveOnMachine(machineId)) === 0) return;
+      if (Date.now() >= deadline) return;
+      await sleep(100);
+    }
   }
 
   /** Connects, verifies the host key, runs `true`. Failures are reported, not thrown. */

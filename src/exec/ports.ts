@@ -160,6 +160,12 @@ export interface RunnerState {
   pgid?: number;
   /** Start time (clock ticks since boot) of that group's leader: tells it from a reused id. */
   pgidStart?: string;
+  /**
+   * Spool: true from the transition to `running` until the target answered
+   * that the job exists. A job still `starting` whose directory is gone never
+   * started (absent on older records: then its outcome is unknown).
+   */
+  starting?: boolean;
 }
 
 export interface CommandRecord {

@@ -84,6 +84,12 @@ mine() { [ -e "/proc/$P" ] || return 0; [ "$(started "$P")" = "$S0" ]; }`;
 const HEADER_FN = `hdr() { printf '%s %s\\n' "$N" "$*"; }`;
 
 /**
+ * Says on stderr why `cwd` ($C) could not be entered; `$1` is the user who tried.
+ * A relative cwd is resolved from the login user's home, where sshd starts.
+ */
+const CWD_PROBLEM_FN = `cwd_problem() { printf 'cwd %s: no such directory, or %s may not enter it (a relative cwd is relative to the home directory of the login user, %s)\\n' "$C" "$1" "$HOME" >&2; }`;
+
+/**
  * Streams `out` to stdout and `err` to stderr from 1-based byte positions
  * A and B until the supervisor's lock is released, then ends. The waiter is
  * our own child (reaped by us), so `tail --pid` never follows a zombie.
@@ -180,9 +186,10 @@ J="$HOME"/${q(spec.jobDir)}
 U=${q(spec.user ?? "")}
 C=${q(spec.cwd ?? "")}
 ${HEADER_FN}
+${CWD_PROBLEM_FN}
 if ! mkdir "$J" 2>/dev/null; then
   if [ -e "$J" ]; then hdr exists; exit 0; fi
-  if ! { mkdir -p "$HOME"/${q(JOBS_DIR)} && mkdir "$J"; }; then hdr error spawn_failed; exit 0; fi
+  if ! { mkdir -p "$HOME"/${q(JOBS_DIR)} && mkdir "$J"; }; then printf 'could not create the job directory %s\\n' "$J" >&2; hdr error spawn_failed; exit 0; fi
 fi
 fail() { hdr error "$1"; rm -rf "$J"; exit 0; }
 for t in setsid flock tail sleep; do
@@ -191,17 +198,17 @@ done
 if [ -n "$U" ]; then
   e=$(sudo -n -u "$U" /bin/sh -c 'if [ -n "$1" ]; then cd -- "$1" || exit 97; fi' fleetrun-check "$C" 2>&1 </dev/null)
   r=$?
-  if [ "$r" -eq 97 ]; then fail cwd_not_found; fi
-  if [ "$r" -ne 0 ]; then printf '%s\\n' "$e" >&2; fail run_as_refused; fi
+  if [ "$r" -eq 97 ]; then cwd_problem "$U"; fail cwd_not_found; fi
+  if [ "$r" -ne 0 ]; then printf 'sudo -n -u %s refused: %s\\n' "$U" "$e" >&2; fail run_as_refused; fi
 elif [ -n "$C" ]; then
-  cd -- "$C" 2>/dev/null || fail cwd_not_found
+  (cd -- "$C") 2>/dev/null || { cwd_problem "$(id -un)"; fail cwd_not_found; }
 fi
 printf '%s' ${q(commandScript(spec))} >"$J/cmd"
 printf '%s' ${q(SUPERVISOR)} >"$J/sup"
 : >"$J/out"
 : >"$J/err"
 exec 9>"$J/lock"
-flock -n 9 || fail spawn_failed
+flock -n 9 || { printf 'the job lock %s is held by another process\\n' "$J/lock" >&2; fail spawn_failed; }
 setsid /bin/sh "$J/sup" "$J" "$U" ${q(seconds(spec.timeoutMs))} ${q(seconds(spec.graceMs))} ${tenths(spec.graceMs)} </dev/null >/dev/null 2>&1 &
 exec 9>&-
 hdr started
@@ -267,6 +274,7 @@ C=${q(spec.cwd ?? "")}
 T=${q(seconds(spec.watchdogMs))}
 G=${q(seconds(spec.graceMs))}
 ${HEADER_FN}
+${CWD_PROBLEM_FN}
 # The command needs a session of its own. sshd already made this shell one
 # (no pty): exec in place. Elsewhere (the local machine) setsid, which does
 # not fork when the caller leads no group.
@@ -282,12 +290,12 @@ fi
 if [ -n "$U" ]; then
   e=$(sudo -n -u "$U" /bin/sh -c 'if [ -n "$1" ]; then cd -- "$1" || exit 97; fi' fleetrun-check "$C" 2>&1 </dev/null)
   r=$?
-  if [ "$r" -eq 97 ]; then hdr error cwd_not_found; exit 0; fi
-  if [ "$r" -ne 0 ]; then printf '%s\n' "$e" >&2; hdr error run_as_refused; exit 0; fi
+  if [ "$r" -eq 97 ]; then cwd_problem "$U"; hdr error cwd_not_found; exit 0; fi
+  if [ "$r" -ne 0 ]; then printf 'sudo -n -u %s refused: %s\n' "$U" "$e" >&2; hdr error run_as_refused; exit 0; fi
   exec $S sudo -n -u "$U" timeout -s TERM -k "$G" "$T" /bin/sh -s <<'${eof}'
 ${inner}${eof}
 fi
-if [ -n "$C" ]; then cd -- "$C" 2>/dev/null || { hdr error cwd_not_found; exit 0; }; fi
+if [ -n "$C" ]; then (cd -- "$C") 2>/dev/null || { cwd_problem "$(id -un)"; hdr error cwd_not_found; exit 0; }; fi
 exec $S timeout -s TERM -k "$G" "$T" /bin/sh -s <<'${eof}'
 ${inner}${eof}
 }

@@ -50,7 +50,8 @@ export function validateExecOptions(input: Omit<ExecuteInput, "machineId">, limi
   }
 
   let envBytes = 0;
-  const env: Record<string, string> = {};
+  // No prototype: `env.__proto__ = v` must set a variable named __proto__, not be dropped.
+  const env: Record<string, string> = Object.create(null) as Record<string, string>;
   for (const [name, value] of Object.entries(input.env ?? {})) {
     const problem = envNameProblem(name);
     if (problem) throw new InvalidArgumentError(f("env"), `name ${JSON.stringify(name.slice(0, 64))} ${problem}`);

@@ -15,6 +15,8 @@
  * - a non-JSON `Content-Type` on a non-empty body is 415 with code
  *   `invalid_argument`; a body without `Content-Type` is read as JSON;
  * - a body field that a path variable also binds must equal it (else 400);
+ * - a `body: "*"` request sent as `application/merge-patch+json` is read as
+ *   a JSON Merge Patch (see merge-patch.ts);
  * - a literal path (`/v1/commands/async`) shadows a variable path
  *   (`/v1/commands/{id}`) for every method: `GET /v1/commands/async` is 405;
  * - a stream answers with a normal HTTP error when the call fails before its
@@ -32,6 +34,7 @@ import { restBindings } from "./http-rule.ts";
 import type { RestBinding } from "./http-rule.ts";
 import { encodeMessage, mergeJsonObject, RestInputError, setFieldJson, setFromText } from "./json-codec.ts";
 import { restLoggerSerializers } from "./log-serializers.ts";
+import { isMergePatchMediaType, mergePatchToRequest } from "./merge-patch.ts";
 import { RestHttpError, restErrorFrom } from "./rest-errors.ts";
 import { pumpStream, settle, streamFormatFor } from "./stream-response.ts";
 import type { SseAdapter } from "./stream-response.ts";
@@ -246,7 +249,10 @@ function forwardedHeaders(request: FastifyRequest, streaming: boolean): Headers 
 function buildRequest(b: RestBinding, request: FastifyRequest, streaming: boolean): Message {
   const r = reflect(b.method.input);
   const params = (request.params ?? {}) as Record<string, string | undefined>;
-  const bodyJson = b.body === "" ? undefined : parseJsonBody(request, b.body === "*");
+  let bodyJson = b.body === "" ? undefined : parseJsonBody(request, b.body === "*");
+  if (b.body === "*" && bodyJson !== undefined && isMergePatchMediaType(request.headers["content-type"])) {
+    bodyJson = mergePatchToRequest(b.method.input, bodyJson as Record<string, unknown>);
+  }
 
   if (b.body === "*") {
     for (const v of b.pathVariables) checkBodyAgreesWithPath(bodyJson, v.fieldPath, params[v.param] ?? "");
@@ -290,7 +296,33 @@ function parseJsonBody(request: FastifyRequest, mustBeObject: boolean): unknown 
   if (mustBeObject && (json === null || typeof json !== "object" || Array.isArray(json))) {
     throw new RestInputError(undefined, "request body must be a JSON object");
   }
+  checkWellFormed(json, "");
   return json;
+}
+
+/**
+ * JSON may escape a lone UTF-16 surrogate (`"\ud800"`), which is no Unicode
+ * text and cannot be encoded as a protobuf string: 400 naming the field, as
+ * Connect answers for the same body.
+ */
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+function checkWellFormed(json: unknown, path: string): void {
+  const problem = "must be valid Unicode text (it contains an unpaired surrogate escape such as \\ud800)";
+  if (typeof json === "string") {
+    if (LONE_SURROGATE.test(json)) throw new RestInputError(path === "" ? undefined : path, problem);
+    return;
+  }
+  if (json === null || typeof json !== "object") return;
+  if (Array.isArray(json)) {
+    json.forEach((v, i) => checkWellFormed(v, `${path}[${i}]`));
+    return;
+  }
+  for (const [k, v] of Object.entries(json as Record<string, unknown>)) {
+    const at = path === "" ? k : `${path}.${k}`;
+    if (LONE_SURROGATE.test(k)) throw new RestInputError(path === "" ? undefined : path, `a key ${problem}`);
+    checkWellFormed(v, at);
+  }
 }
 
 function isJsonMediaType(contentType: string): boolean {

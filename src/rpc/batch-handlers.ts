@@ -111,7 +111,16 @@ export function cappedForBatch(view: CommandView, outputCap: number, budget: num
 }
 
 function meta(s: BatchSummary) {
-  return create(BatchMetaSchema, { batchId: s.batchId, succeeded: s.succeeded, failed: s.failed, skipped: s.skipped });
+  return create(BatchMetaSchema, {
+    batchId: s.batchId,
+    succeeded: s.succeeded,
+    failed: s.failed,
+    skipped: s.skipped,
+    timedOut: s.timedOut,
+    cancelled: s.cancelled,
+    lost: s.lost,
+    errors: s.errors,
+  });
 }
 
 export interface BatchHandlers {
@@ -194,6 +203,10 @@ export function batchHandlers(runner: BatchRunner, engine: CommandEngine, output
         succeeded: s.succeeded,
         failed: s.failed,
         skipped: s.skipped,
+        timedOut: s.timedOut,
+        cancelled: s.cancelled,
+        lost: s.lost,
+        errors: s.errors,
         running: commands.filter((c) => c.status === "running").length,
         pending: commands.filter((c) => c.status === "queued").length,
         createdAt: timestampFromDate(batch.createdAt),

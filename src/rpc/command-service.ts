@@ -20,6 +20,7 @@ import {
 import type { CommandEngine, WatchEvent } from "../exec/command-engine.ts";
 import { InvalidArgumentError, NotFoundError } from "../exec/errors.ts";
 import type { CommandStore } from "../exec/ports.ts";
+import { parseIsoInstant } from "../exec/iso-time.ts";
 import type { ExecuteInput } from "../exec/validate.ts";
 import { principalKey, type Principal } from "./auth.ts";
 import { serverStream as stream, unary } from "./wrap.ts";
@@ -132,10 +133,10 @@ export function commandServiceImpl(deps: CommandServiceDeps): ServiceImpl<typeof
       if (offset < 0) throw new InvalidArgumentError("offset", "must be a non-negative integer");
       let since: Date | null = null;
       if (req.since !== undefined) {
-        if (!/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/.test(req.since) || Number.isNaN(Date.parse(req.since))) {
-          throw new InvalidArgumentError("since", "must be an RFC 3339 timestamp like 2024-01-20T15:45:00Z");
+        since = parseIsoInstant(req.since);
+        if (since === null) {
+          throw new InvalidArgumentError("since", "must be an ISO 8601 date or date-time like 2026-01-01, 2026-01-01T15:45:00Z or 2026-01-01T17:45:00+02:00 (UTC when no offset is given)");
         }
-        since = new Date(req.since);
       }
       let status = null;
       if (req.status !== undefined) {

@@ -70,7 +70,12 @@ export function machineServiceImpl(registry: MachineRegistry, onInternal: (e: un
     getMachine: unary(async (req) => machineToProto(await registry.get(requireId(req.id))), onInternal),
 
     updateMachine: unary(async (req) => {
-      const m = await registry.update(requireId(req.id), { ...machineInput(req), clearLabels: req.clearLabels });
+      const m = await registry.update(requireId(req.id), {
+        ...machineInput(req),
+        clearLabels: req.clearLabels,
+        mergeLabels: req.mergeLabels,
+        removeLabels: req.removeLabels,
+      });
       return machineToProto(m);
     }, onInternal),
 

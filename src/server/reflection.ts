@@ -7,12 +7,12 @@
  * Descriptors come from the generated code (`GenFile.proto`), so what is
  * served is exactly what the server was built with.
  */
-import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { clone, create, fromBinary, isFieldSet, toBinary } from "@bufbuild/protobuf";
 import type { DescFile, DescMessage, DescMethod, DescService } from "@bufbuild/protobuf";
 import { nestedTypes } from "@bufbuild/protobuf/reflect";
 import { createFileRegistry } from "@bufbuild/protobuf";
-import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
-import type { FileDescriptorProto } from "@bufbuild/protobuf/wkt";
+import { FieldDescriptorProtoSchema, FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
+import type { DescriptorProto, FileDescriptorProto } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import type { ConnectRouter } from "@connectrpc/connect";
 import {
@@ -238,9 +238,16 @@ function createV1alphaService(): DescService {
   proto.package = "grpc.reflection.v1alpha";
   proto.options = undefined;
   const rename = (name: string): string => (name.startsWith(from) ? to + name.slice(from.length) : name);
-  for (const message of proto.messageType) {
-    for (const field of message.field) field.typeName = rename(field.typeName);
-  }
+  // Only message and enum fields have a type_name: assigning even "" to a
+  // scalar field's would set it, and strict descriptor pools (protoc, Python)
+  // reject a scalar field that has one.
+  const renameFields = (message: DescriptorProto): void => {
+    for (const field of message.field) {
+      if (isFieldSet(field, FieldDescriptorProtoSchema.field.typeName)) field.typeName = rename(field.typeName);
+    }
+    for (const nested of message.nestedType) renameFields(nested);
+  };
+  for (const message of proto.messageType) renameFields(message);
   for (const service of proto.service) {
     for (const method of service.method) {
       method.inputType = rename(method.inputType);

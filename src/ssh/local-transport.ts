@@ -6,6 +6,7 @@
  * `done` settles once the process exited and both pipes closed.
  */
 import { spawn } from "node:child_process";
+import os from "node:os";
 import type { ChildProcessByStdio } from "node:child_process";
 import type { Readable, Writable } from "node:stream";
 import { TargetError } from "../exec/errors.ts";
@@ -21,7 +22,8 @@ export function createLocalTransport(): Transport {
     return new Promise((resolve, reject) => {
       let child: ChildProcessByStdio<Writable, Readable, Readable>;
       try {
-        child = spawn("/bin/sh", ["-c", commandLine], { detached: false, stdio: ["pipe", "pipe", "pipe"] });
+        // In the home directory, as sshd starts a session: `cwd` defaults to it and a relative one starts there.
+        child = spawn("/bin/sh", ["-c", commandLine], { cwd: os.homedir(), detached: false, stdio: ["pipe", "pipe", "pipe"] });
       } catch (err) {
         reject(new TargetError("spawn_failed", `cannot start /bin/sh: ${(err as Error).message}`, target.id, { cause: err }));
         return;

@@ -90,7 +90,18 @@ describe.each(dbs)("Batch on %s", (db) => {
     expect(Object.keys(r.body).sort()).toEqual(["data", "meta"]);
     const data = r.body.data as Record<string, any>;
     expect(Object.keys(data).sort()).toEqual([...machines, refused, wrongKey].sort());
-    expect(r.body.meta).toEqual({ batch_id: expect.stringMatching(/^batch_/), succeeded: 18, failed: 4, skipped: 0 });
+    // Counters name what they count: the exit-3 machine and the two that never started
+    // are `failed`, the slow one `timed_out`; `errors` is what max_errors counts.
+    expect(r.body.meta).toEqual({
+      batch_id: expect.stringMatching(/^batch_/),
+      succeeded: 18,
+      failed: 3,
+      skipped: 0,
+      timed_out: 1,
+      cancelled: 0,
+      lost: 0,
+      errors: 4,
+    });
     const batchId = r.body.meta.batch_id;
     for (const [machineId, c] of Object.entries(data)) {
       expect(c.id).toMatch(/^cmd_/);
@@ -173,7 +184,7 @@ describe.each(dbs)("Batch on %s", (db) => {
       const targets = machines.slice(0, 6);
       const r = await batch({ machine_ids: targets, command: "echo failing; exit 1", max_concurrency: 1, max_errors: maxErrors });
       expect(r.status).toBe(200);
-      expect(r.body.meta).toMatchObject({ succeeded: 0, failed: 2, skipped: 4 });
+      expect(r.body.meta).toMatchObject({ succeeded: 0, failed: 2, skipped: 4, errors: 2 });
       expect(Object.keys(r.body.data).sort()).toEqual([...targets].sort());
       for (const id of targets.slice(0, 2)) expect(r.body.data[id]).toMatchObject({ status: "completed", exit_code: 1, stdout: "failing\n" });
       for (const id of targets.slice(2)) {
@@ -391,7 +402,7 @@ describe.each(dbs)("Batch on %s", (db) => {
       const g = await svc.rest("GET", `/v1/batches/${batchId}`);
       return g.body.data.status === "completed" ? g.body.data : null;
     }, 15_000);
-    expect(end).toMatchObject({ succeeded: 1, failed: 1, skipped: 0 });
+    expect(end).toMatchObject({ succeeded: 1, failed: 0, cancelled: 1, skipped: 0, errors: 1 });
     expect(end.machines[b].status).toBe("cancelled");
     fs.rmSync(gate, { force: true });
     await eventually(() => processesWith(mark).length === 0, 10_000, `no process with ${mark}`);

@@ -114,6 +114,35 @@ describe.each(dbs)("History on %s", (db) => {
     expect(one.executed_at).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/);
   });
 
+  it("takes since as an ISO 8601 date or date-time, UTC when it has no offset", async () => {
+    const m = await registerMachine(svc, fleet, { index: 23 });
+    // Created at 2026-01-01 00:00:01 (two), 2025-12-31 23:59:59 and 23:59:58 UTC.
+    await seed(svc, m, 4, Date.UTC(2026, 0, 1, 0, 0, 1));
+    const cases: [string, number][] = [
+      ["2026-01-01", 2],
+      ["2025-12-31", 4],
+      ["2026-01-02", 0],
+      ["2026-01-01T00:00:01", 2],
+      ["2026-01-01T00:00:02", 0],
+      ["2025-12-31T23:59:59Z", 3],
+      ["2025-12-31 23:59:59", 3],
+      ["2026-01-01T01:00:01+01:00", 2],
+      ["2026-01-01T01:00:02+0100", 0],
+      ["2025-12-31T22:59:59-01:00", 3],
+      ["2026-01-01T00:00:01.001Z", 0],
+      ["2026-01-01T00:00", 2],
+    ];
+    for (const [since, n] of cases) {
+      const r = await history(m, `?since=${encodeURIComponent(since)}`);
+      expect(r.status, since).toBe(200);
+      expect(r.body.meta.total, since).toBe(n);
+    }
+    // An unencoded `+` arrives as a space: still read as the offset's sign.
+    const plus = await history(m, "?since=2026-01-01T01:00:01+01:00");
+    expect(plus.status).toBe(200);
+    expect(plus.body.meta.total).toBe(2);
+  });
+
   it("validates limit, offset, since and status; an empty or unknown machine", async () => {
     const m = await registerMachine(svc, fleet, { index: 23 });
     await seed(svc, m, 3);
@@ -125,7 +154,9 @@ describe.each(dbs)("History on %s", (db) => {
       ["?offset=-1", "offset"],
       ["?since=yesterday", "since"],
       ["?since=2024-13-45T99:00:00Z", "since"],
-      ["?since=2024-01-20", "since"],
+      ["?since=2024-02-30", "since"],
+      ["?since=2024-01-20T25:00", "since"],
+      ["?since=20240120", "since"],
       ["?status=bogus", "status"],
       ["?cursor=%2F%2F%2F", "cursor"],
       ["?cursor=Zm9vYmFy", "cursor"],

@@ -12,7 +12,7 @@ import { createGrpcWebTransport } from "@connectrpc/connect-node";
 import { CommandService, CommandStatus } from "../../src/gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "../../src/gen/fleetrun/v1/machine_pb.js";
 import { HealthCheckResponse_ServingStatus, Health } from "../../src/gen/grpc/health/v1/health_pb.js";
-import { GrpcClient, ROOT, eventually, registerMachine, startService, type TestService } from "../fixtures/service.ts";
+import { GrpcClient, ROOT, eventually, processesWith, registerMachine, startService, type TestService } from "../fixtures/service.ts";
 
 const fleet = inject("sshFleet");
 
@@ -82,6 +82,50 @@ describe("machines", () => {
     expect(hist.body.data.map((c: { id: string }) => c.id)).toEqual([run.body.data.id]);
   });
 
+  it("PATCH labels: a plain JSON body replaces them all; a merge patch changes or removes single labels; gRPC does the same with merge_labels/remove_labels", async () => {
+    const id = await registerMachine(svc, fleet, { index: 7, user: "frtest", labels: { env: "test", role: "db", zone: "a" } });
+    const mergePatch = (body: unknown) => svc.rest("PATCH", `/v1/machines/${id}`, body, { "content-type": "application/merge-patch+json" });
+
+    const one = await mergePatch({ labels: { env: "prod" } });
+    expect(one.status, one.text).toBe(200);
+    expect(one.body.data.labels).toEqual({ env: "prod", role: "db", zone: "a" });
+
+    const mixed = await mergePatch({ labels: { zone: null, tier: "gold" }, name: "renamed-7" });
+    expect(mixed.status, mixed.text).toBe(200);
+    expect(mixed.body.data.labels).toEqual({ env: "prod", role: "db", tier: "gold" });
+    expect(mixed.body.data.name).toBe("renamed-7");
+
+    // A null for a field that cannot be removed is refused, naming it.
+    const badNull = await mergePatch({ port: null });
+    expect(badNull.status).toBe(400);
+    expect(badNull.body.error.field).toBe("port");
+
+    // Plain JSON: `labels` replaces the whole map (as documented).
+    const replaced = await svc.rest("PATCH", `/v1/machines/${id}`, { labels: { only: "this" } });
+    expect(replaced.body.data.labels).toEqual({ only: "this" });
+
+    const client = new GrpcClient(svc.url, svc.token);
+    try {
+      const m = await client.unary(MachineService.method.updateMachine, { id, mergeLabels: { a: "1", b: "2" }, removeLabels: ["only"] });
+      expect(m.labels).toEqual({ a: "1", b: "2" });
+      const m2 = await client.unary(MachineService.method.updateMachine, { id, removeLabels: ["a", "missing"] });
+      expect(m2.labels).toEqual({ b: "2" });
+      await expect(client.unary(MachineService.method.updateMachine, { id, labels: { x: "y" }, mergeLabels: { a: "1" } })).rejects.toMatchObject({
+        code: 3,
+        details: expect.stringContaining("merge_labels"),
+      });
+      await expect(client.unary(MachineService.method.updateMachine, { id, mergeLabels: { a: "1" }, removeLabels: ["a"] })).rejects.toMatchObject({ code: 3 });
+    } finally {
+      client.close();
+    }
+
+    // Merge patch `"labels": null` removes them all.
+    const cleared = await mergePatch({ labels: null });
+    expect(cleared.status, cleared.text).toBe(200);
+    expect(cleared.body.data.labels).toEqual({});
+    expect((await svc.rest("GET", `/v1/machines/${id}`)).body.data.labels).toEqual({});
+  });
+
   it("rejects bad machine input naming the field", async () => {
     const base = { name: "bad", host: "127.0.0.1", username: "root", password: "pw" };
     const cases: [Record<string, unknown>, string][] = [
@@ -101,15 +145,25 @@ describe("machines", () => {
     }
   });
 
-  it("refuses to delete a machine with a running command unless forced", async () => {
+  it("refuses to delete a machine with a running command unless forced; force cancels its commands first", async () => {
     const id = await registerMachine(svc, fleet, { index: 6, user: "frtest" });
-    const started = await svc.rest("POST", "/v1/commands/async", { machine_id: id, command: "sleep 30" });
+    const mark = `30.${process.pid}${Date.now() % 100000}`;
+    const started = await svc.rest("POST", "/v1/commands/async", { machine_id: id, command: `sleep ${mark}` });
+    // A command with a waiting caller too (the light path).
+    const waiting = svc.rest("POST", "/v1/commands", { machine_id: id, command: `sleep ${mark}1` });
     await eventually(async () => (await svc.rest("GET", `/v1/commands/${started.body.data.id}`)).body.data.status === "running");
+    await eventually(() => processesWith(mark).length >= 2, 10_000, "both sleeps running");
     const refused = await svc.rest("DELETE", `/v1/machines/${id}`);
     expect(refused.status).toBe(409);
     expect(refused.body.error.code).toBe("failed_precondition");
-    expect((await svc.rest("DELETE", `/v1/machines/${id}?force=true`)).status).toBe(200);
-    await svc.rest("DELETE", `/v1/commands/${started.body.data.id}`);
+    const forced = await svc.rest("DELETE", `/v1/machines/${id}?force=true`);
+    expect(forced.status).toBe(200);
+    // By the time the delete answers, its commands were cancelled and are gone from the target.
+    const after = await svc.rest("GET", `/v1/commands/${started.body.data.id}`);
+    expect(after.body.data.status).toBe("cancelled");
+    expect((await waiting).body.data.status).toBe("cancelled");
+    expect(processesWith(mark)).toEqual([]);
+    expect((await svc.rest("GET", `/v1/machines/${id}`)).status).toBe(404);
   });
 
   it("a cancelled queued command never starts", async () => {

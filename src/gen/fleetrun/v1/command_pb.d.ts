@@ -481,7 +481,7 @@ export declare type BatchRequest = Message<"fleetrun.v1.BatchRequest"> & {
   maxConcurrency?: Value | undefined;
 
   /**
-   * Stop launching once more than this many failed: a count or "N%".
+   * Stop launching once BatchMeta.errors exceeds this: a count or "N%".
    *
    * @generated from field: google.protobuf.Value max_errors = 9;
    */
@@ -495,6 +495,8 @@ export declare type BatchRequest = Message<"fleetrun.v1.BatchRequest"> & {
 export declare const BatchRequestSchema: GenMessage<BatchRequest>;
 
 /**
+ * Machines by how their command ended; together they are all ended ones.
+ *
  * @generated from message fleetrun.v1.BatchMeta
  */
 export declare type BatchMeta = Message<"fleetrun.v1.BatchMeta"> & {
@@ -504,19 +506,53 @@ export declare type BatchMeta = Message<"fleetrun.v1.BatchMeta"> & {
   batchId: string;
 
   /**
+   * Completed with exit code 0.
+   *
    * @generated from field: int32 succeeded = 2;
    */
   succeeded: number;
 
   /**
+   * Completed with a non-zero exit code, or never started (status `failed`).
+   *
    * @generated from field: int32 failed = 3;
    */
   failed: number;
 
   /**
+   * Never launched by the batch (status `skipped`).
+   *
    * @generated from field: int32 skipped = 4;
    */
   skipped: number;
+
+  /**
+   * Killed by their timeout.
+   *
+   * @generated from field: int32 timed_out = 5;
+   */
+  timedOut: number;
+
+  /**
+   * Cancelled (the batch's or their own cancel).
+   *
+   * @generated from field: int32 cancelled = 6;
+   */
+  cancelled: number;
+
+  /**
+   * Started, outcome unknown (status `lost`).
+   *
+   * @generated from field: int32 lost = 7;
+   */
+  lost: number;
+
+  /**
+   * What `max_errors` is compared with: failed + timed_out + cancelled + lost.
+   *
+   * @generated from field: int32 errors = 8;
+   */
+  errors: number;
 };
 
 /**
@@ -689,6 +725,28 @@ export declare type BatchProgress = Message<"fleetrun.v1.BatchProgress"> & {
    * @generated from field: map<string, fleetrun.v1.Command> machines = 13;
    */
   machines: { [key: string]: Command };
+
+  /**
+   * As in BatchMeta.
+   *
+   * @generated from field: int32 timed_out = 14;
+   */
+  timedOut: number;
+
+  /**
+   * @generated from field: int32 cancelled = 15;
+   */
+  cancelled: number;
+
+  /**
+   * @generated from field: int32 lost = 16;
+   */
+  lost: number;
+
+  /**
+   * @generated from field: int32 errors = 17;
+   */
+  errors: number;
 };
 
 /**
@@ -739,7 +797,7 @@ export declare type ListMachineCommandsRequest = Message<"fleetrun.v1.ListMachin
   machineId: string;
 
   /**
-   * RFC 3339; only commands created at or after it.
+   * ISO 8601 date or date-time (UTC when no offset); only commands created at or after it.
    *
    * @generated from field: optional string since = 2;
    */

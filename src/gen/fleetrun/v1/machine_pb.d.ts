@@ -311,6 +311,21 @@ export declare type UpdateMachineRequest = Message<"fleetrun.v1.UpdateMachineReq
    * @generated from field: bool clear_labels = 12;
    */
   clearLabels: boolean;
+
+  /**
+   * Adds or changes these labels; the others stay. Not with `labels` or
+   * `clear_labels`. (REST: a JSON Merge Patch of `labels`.)
+   *
+   * @generated from field: map<string, string> merge_labels = 13;
+   */
+  mergeLabels: { [key: string]: string };
+
+  /**
+   * Removes these label keys; the others stay. Not with `labels` or `clear_labels`.
+   *
+   * @generated from field: repeated string remove_labels = 14;
+   */
+  removeLabels: string[];
 };
 
 /**
