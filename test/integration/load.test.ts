@@ -15,6 +15,11 @@
  * The service runs in this process (test/fixtures/service.ts), so the event
  * loop delay below is the service's (plus this test's own light client
  * work), measured with perf_hooks.monitorEventLoopDelay.
+ *
+ * Measured 2026-12-02 (2 cores shared with other test runs, load average
+ * ~30), service before the load fixes: 300 accepted, all correct; /healthz
+ * p50 16 s, p99 184 s; start answers p50 80 s, max 319 s; event loop delay
+ * p50 0.53 s, p99 6.1 s, max 8.0 s.
  */
 import os from "node:os";
 import path from "node:path";
@@ -50,10 +55,17 @@ const HEALTHZ_INTERVAL_MS = 100;
 const HEALTHZ_P99_LIMIT_MS = 100;
 const START_ANSWER_LIMIT_MS = 1000;
 /** Every accepted command must have ended within this after the last start was answered. */
-const COMPLETE_DEADLINE_MS = 150_000;
+const COMPLETE_DEADLINE_MS = 120_000;
 /** ... and its processes and job directory be gone within this after that. */
 const CLEANUP_DEADLINE_MS = 30_000;
-const COMMAND_TIMEOUT_MS = 240_000;
+const COMMAND_TIMEOUT_MS = 600_000;
+/**
+ * The starts themselves are not bounded (how long they take is what is
+ * measured). With the service as of 2026-12-02 on a busy 2-core machine the
+ * whole test took 7.5 min (starts answered after up to 5.3 min); once starts
+ * answer within a second it takes well under a minute.
+ */
+const TEST_TIMEOUT_MS = 600_000;
 const FIRST_MACHINE_INDEX = 9;
 const STRICT = process.env.FLEETRUN_LOAD_STRICT === "1";
 
@@ -87,6 +99,11 @@ interface Measured {
 
 let measured: Measured | null = null;
 
+/** Progress on stderr while the (long) test runs. */
+function progress(line: string): void {
+  process.stderr.write(`load: ${line}\n`);
+}
+
 function ms(nanoseconds: number): number {
   return nanoseconds / 1e6;
 }
@@ -103,7 +120,7 @@ describe(`load: ${SSH_COMMANDS} detached commands on ${SSH_MACHINES} SSH machine
     await svc?.close();
   });
 
-  it("completes every accepted command with its exact output and exit code, stores no refused one, and leaves nothing on the targets", { timeout: COMPLETE_DEADLINE_MS + CLEANUP_DEADLINE_MS + 120_000 }, async () => {
+  it("completes every accepted command with its exact output and exit code, stores no refused one, and leaves nothing on the targets", { timeout: TEST_TIMEOUT_MS }, async () => {
     const plan: Planned[] = [];
     const total = SSH_COMMANDS + LOCAL_COMMANDS;
     for (let k = 0; k < total; k++) {
@@ -116,6 +133,7 @@ describe(`load: ${SSH_COMMANDS} detached commands on ${SSH_MACHINES} SSH machine
     const loop = monitorEventLoopDelay({ resolution: 10 });
     loop.enable();
     const poller = startHealthzPoller(svc.url, HEALTHZ_INTERVAL_MS);
+    const loadStart = performance.now();
     const started: Started[] = await Promise.all(
       plan.map(async (p) => {
         const t0 = performance.now();
@@ -131,6 +149,7 @@ describe(`load: ${SSH_COMMANDS} detached commands on ${SSH_MACHINES} SSH machine
       }),
     );
     const startsDone = performance.now();
+    progress(`${started.length} starts answered after ${((startsDone - loadStart) / 1000).toFixed(1)} s`);
 
     // Every start is either accepted or refused with a time to retry after.
     for (const s of started) expect([202, 429], `start ${s.spec.index}: ${s.text}`).toContain(s.status);
@@ -143,6 +162,7 @@ describe(`load: ${SSH_COMMANDS} detached commands on ${SSH_MACHINES} SSH machine
     const ids = new Set(accepted.map((s) => s.id as string));
     const ended = new Map<string, string>();
     const deadline = startsDone + COMPLETE_DEADLINE_MS;
+    let lastProgress = performance.now();
     for (;;) {
       for (const m of [...machines, "mach_local"]) {
         const r = await svc.rest("GET", `/v1/machines/${m}/commands?limit=1000`);
@@ -152,6 +172,10 @@ describe(`load: ${SSH_COMMANDS} detached commands on ${SSH_MACHINES} SSH machine
         }
       }
       if (ended.size === ids.size || performance.now() > deadline) break;
+      if (performance.now() - lastProgress > 10_000) {
+        progress(`${ended.size}/${ids.size} ended after ${((performance.now() - loadStart) / 1000).toFixed(0)} s`);
+        lastProgress = performance.now();
+      }
       await new Promise((r) => setTimeout(r, 1000));
     }
     const completedAfterMs = performance.now() - startsDone;
