@@ -81,6 +81,7 @@ async function main(): Promise<void> {
     cpuModel: os.cpus()[0]?.model ?? "",
     memoryGiB: Math.round(os.totalmem() / 2 ** 30),
     kernel: os.release(),
+    loadAverageAtStart: os.loadavg(),
     node: process.version,
     openssh: versionOf(["ssh", "-V"]),
     parallelSsh: versionOf(["parallel-ssh", "--version"]),

@@ -15,6 +15,7 @@
  * `fleetrun_event_loop_lag_seconds` histogram when it exports one.
  */
 import { readdirSync, rmSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { expectedStderr, expectedStdout, histogramDelta, jobDirsLeft, mapLimit, parseHistogram, printerCommand, processesMatching, quantiles, type HistogramBuckets, type PrinterSpec, type Quantiles } from "../../test/fixtures/load.ts";
 import { formatProfile, summarizeProfile, type ProfileSummary } from "../lib/cpu-profile.ts";
@@ -70,6 +71,8 @@ const LEFTOVER_DEADLINE_MS = 30_000;
 const LAG_METRIC = "fleetrun_event_loop_lag_seconds";
 
 interface Common {
+  /** os.loadavg() when the scenario started: other work on the box skews every figure. */
+  loadAverage: number[];
   healthz: Quantiles;
   healthzFailures: number;
   eventLoop: Quantiles | null;
@@ -131,6 +134,7 @@ async function runDetached(opts: LoadOptions, scale: LoadScale, profile: boolean
         spec: { mark: `${run}-${k}`, index: k, lines: scale.lines, perTick: scale.perTick, tickSeconds: scale.tickSeconds, exitCode: (k * 37) % 251 },
       });
     }
+    const loadAverage = os.loadavg();
     const lag0 = await scrapeLag(svc);
     const mem0 = memoryOf(svc.pid);
     const poller = await startPollerProcess(svc.url, HEALTHZ_INTERVAL_MS);
@@ -248,6 +252,7 @@ async function runDetached(opts: LoadOptions, scale: LoadScale, profile: boolean
     for (const id of dirs) rmSync(path.join(jobsDir, id), { recursive: true, force: true });
 
     return {
+      loadAverage,
       healthz: quantiles(health.latenciesMs),
       healthzFailures: health.failures + health.unanswered,
       eventLoop: lag1 ? histogramDelta(lag0, lag1) : null,
@@ -280,6 +285,7 @@ async function runAttached(opts: LoadOptions, scale: LoadScale): Promise<Attache
   const fleet = { ...opts.fleet, addresses: opts.fleet.addresses.slice(0, scale.machines) };
   const { svc, ids: machineIds } = await startScenarioService({ ...opts, fleet }, "attached");
   try {
+    const loadAverage = os.loadavg();
     const lag0 = await scrapeLag(svc);
     const mem0 = memoryOf(svc.pid);
     const poller = await startPollerProcess(svc.url, HEALTHZ_INTERVAL_MS);
@@ -315,6 +321,7 @@ async function runAttached(opts: LoadOptions, scale: LoadScale): Promise<Attache
     const refused = answers.filter((a) => a.status === 429).length;
     opts.log(`  answered within ${(wallMs / 1000).toFixed(1)} s: ${completedOk} completed with exit 0, ${refused} refused (429), ${problems.length} other`);
     return {
+      loadAverage,
       healthz: quantiles(health.latenciesMs),
       healthzFailures: health.failures + health.unanswered,
       eventLoop: lag1 ? histogramDelta(lag0, lag1) : null,
@@ -343,6 +350,7 @@ function lagText(q: Quantiles | null): string {
 
 function commonNotes(name: string, r: Common): string[] {
   return [
+    `${name}: machine load average ${r.loadAverage.map((v) => v.toFixed(1)).join(" / ")} (1/5/15 min) when it started, on ${os.cpus().length} CPUs`,
     `${name}: ${r.accepted} accepted, ${r.refused} refused with 429${r.otherAnswers.length ? `, ${r.otherAnswers.length} other answers, e.g. ${r.otherAnswers[0]}` : ""}; wall ${(r.wallMs / 1000).toFixed(1)} s, service CPU ${r.serviceCpuMs === null ? "n/a" : `${(r.serviceCpuMs / 1000).toFixed(1)} s`}, machine CPU ${(r.machineCpuMs / 1000).toFixed(1)} s`,
     `${name}: event loop ${lagText(r.eventLoop)}`,
     `${name}: service RSS ${mib(r.rssBefore)} before, peak (VmHWM) ${mib(r.peakRss)}; ${r.accepted > 0 ? `${((r.peakRss - r.rssBefore) / r.accepted / 1024).toFixed(0)} KiB per command above the idle RSS` : ""}; /healthz failures ${r.healthzFailures}`,
@@ -366,6 +374,9 @@ export async function runLoad(opts: LoadOptions): Promise<SectionResult> {
     notes.push(`profiled run: ${r.ended}/${r.accepted} ended, stored output and exit code right for ${r.storedOk}, ${r.leftoverProcesses} leftover processes, ${r.leftoverDirs} job directories`);
     if (r.profileFile && r.profile) {
       notes.push(`CPU profile: ${path.relative(ROOT, r.profileFile)} (window: first start to last end)`);
+      notes.push(
+        `the profiler samples wall time: ${(r.profile.totalMs / 1000).toFixed(1)} s of non-idle samples against ${r.serviceCpuMs === null ? "n/a" : `${(r.serviceCpuMs / 1000).toFixed(1)} s`} of service CPU; the difference is time the main thread was busy (in JavaScript or a system call) but not on a CPU`,
+      );
       notes.push("service CPU profile during the load:\n" + formatProfile(r.profile, "the load window"));
     } else notes.push("no CPU profile was written (the service did not exit cleanly?)");
     return { title: `Load, profiled: ${scale.commands} detached commands printing ${scale.lines} lines on ${scale.machines} machines`, measurements, checks, notes, ...(r.profile ? { profile: r.profile } : {}), data };
