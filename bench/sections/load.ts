@@ -105,8 +105,8 @@ interface AttachedResult extends Common {
   problems: string[];
 }
 
-async function scrapeLag(svc: ServiceProcess): Promise<HistogramBuckets | null> {
-  const r = await requestJson(svc.url, "", "GET", "/metrics").catch(() => null);
+async function scrapeLag(svc: ServiceProcess, token: string): Promise<HistogramBuckets | null> {
+  const r = await requestJson(svc.url, token, "GET", "/metrics").catch(() => null);
   return r && r.status === 200 ? parseHistogram(r.text, LAG_METRIC) : null;
 }
 
@@ -135,7 +135,7 @@ async function runDetached(opts: LoadOptions, scale: LoadScale, profile: boolean
       });
     }
     const loadAverage = os.loadavg();
-    const lag0 = await scrapeLag(svc);
+    const lag0 = await scrapeLag(svc, opts.token);
     const mem0 = memoryOf(svc.pid);
     const poller = await startPollerProcess(svc.url, HEALTHZ_INTERVAL_MS);
     const cpu0 = processCpuMs(svc.pid);
@@ -187,7 +187,7 @@ async function runDetached(opts: LoadOptions, scale: LoadScale, profile: boolean
     const busy1 = machineBusyMs();
     const cpu1 = processCpuMs(svc.pid);
     const health = await poller.stop();
-    const lag1 = await scrapeLag(svc);
+    const lag1 = await scrapeLag(svc, opts.token);
     const mem1 = memoryOf(svc.pid);
     log(`  ${ended.size}/${want.size} ended after ${(wallMs / 1000).toFixed(1)} s; checking stored output, exit codes and leftovers…`);
 
@@ -286,7 +286,7 @@ async function runAttached(opts: LoadOptions, scale: LoadScale): Promise<Attache
   const { svc, ids: machineIds } = await startScenarioService({ ...opts, fleet }, "attached");
   try {
     const loadAverage = os.loadavg();
-    const lag0 = await scrapeLag(svc);
+    const lag0 = await scrapeLag(svc, opts.token);
     const mem0 = memoryOf(svc.pid);
     const poller = await startPollerProcess(svc.url, HEALTHZ_INTERVAL_MS);
     const cpu0 = processCpuMs(svc.pid);
@@ -308,7 +308,7 @@ async function runAttached(opts: LoadOptions, scale: LoadScale): Promise<Attache
     const busy1 = machineBusyMs();
     const cpu1 = processCpuMs(svc.pid);
     const health = await poller.stop();
-    const lag1 = await scrapeLag(svc);
+    const lag1 = await scrapeLag(svc, opts.token);
     const mem1 = memoryOf(svc.pid);
     const problems: string[] = [];
     let completedOk = 0;
