@@ -91,7 +91,6 @@ interface Measured {
   healthz: Quantiles;
   healthzFailures: number;
   starts: Quantiles;
-  slowestStarts: number[];
   refused: number;
   eventLoop: Quantiles;
   completedAfterMs: number;
@@ -186,7 +185,6 @@ describe(`load: ${SSH_COMMANDS} detached commands on ${SSH_MACHINES} SSH machine
       healthz: quantiles(health.latenciesMs),
       healthzFailures: health.failures,
       starts: quantiles(started.map((s) => s.answerMs)),
-      slowestStarts: started.map((s) => s.answerMs).sort((a, b) => b - a).slice(0, 3),
       refused: refused.length,
       eventLoop: { n: loop.count, p50: ms(loop.percentile(50)), p99: ms(loop.percentile(99)), max: ms(loop.max) },
       completedAfterMs,
