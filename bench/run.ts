@@ -6,8 +6,15 @@
  * Environment: BENCH_MACHINES (200), BENCH_RUNS (3), BENCH_USER (root;
  * or frtest), BENCH_SKIP (comma list of: login, fanout, warm, latency, history,
  * history-sqlite, history-postgres, fleetrun, ssh2, pssh, openssh,
- * openssh-curve, ansible), BENCH_HISTORY_ROWS (1000000), BENCH_PROFILE=1
- * (CPU profile of one extra cold fleetrun run).
+ * openssh-curve, ansible, load, load-detached, load-attached),
+ * BENCH_HISTORY_ROWS (1000000), BENCH_PROFILE=1 (CPU profile of one extra cold
+ * fleetrun run).
+ *
+ * Arguments: section names to run only those (login, fanout, warm, latency,
+ * history, load); `--quick` for the load section's smaller variant;
+ * `--profile` = BENCH_PROFILE=1, and for `load` a profiled run instead of the
+ * load scenarios. `npm run bench -- load --profile` profiles the service
+ * under 100 detached commands with output on 10 machines.
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -21,6 +28,7 @@ import type { SectionResult } from "./lib/types.ts";
 import { runFanout } from "./sections/fanout.ts";
 import { runHistory } from "./sections/history.ts";
 import { runLatency } from "./sections/latency.ts";
+import { machinesNeeded, runLoad } from "./sections/load.ts";
 import { runLoginShell } from "./sections/login-shell.ts";
 import { runWarmFloor } from "./sections/warm-floor.ts";
 
@@ -38,14 +46,26 @@ function log(line: string): void {
   process.stderr.write(line + "\n");
 }
 
+const SECTIONS = ["login", "fanout", "warm", "latency", "history", "load"];
+
 async function main(): Promise<void> {
   installSignalHandlers();
-  const machines = intEnv("BENCH_MACHINES", 200, 1, 240);
+  const args = process.argv.slice(2);
+  for (const a of args) {
+    if (a.startsWith("-") ? a !== "--quick" && a !== "--profile" : !SECTIONS.includes(a)) {
+      throw new Error(`unknown argument ${a}: give section names (${SECTIONS.join(", ")}), --quick or --profile`);
+    }
+  }
+  const only = args.filter((a) => !a.startsWith("-"));
+  const quick = args.includes("--quick");
+  const skip = new Set((process.env.BENCH_SKIP ?? "").split(",").map((s) => s.trim()).filter(Boolean));
+  const enabled = (name: string) => !skip.has(name) && (only.length === 0 || !SECTIONS.includes(name) || only.includes(name));
+  const profile = process.env.BENCH_PROFILE === "1" || args.includes("--profile");
+  const loadMode = profile ? "profile" : quick ? "quick" : "full";
+  const onlyLoad = only.length > 0 && only.every((s) => s === "load");
+  const machines = intEnv("BENCH_MACHINES", onlyLoad ? machinesNeeded(loadMode) : 200, 1, 240);
   const runs = intEnv("BENCH_RUNS", 3, 1, 50);
   const historyRows = intEnv("BENCH_HISTORY_ROWS", 1_000_000, 1_000, 20_000_000);
-  const skip = new Set((process.env.BENCH_SKIP ?? "").split(",").map((s) => s.trim()).filter(Boolean));
-  const enabled = (name: string) => !skip.has(name);
-  const profile = process.env.BENCH_PROFILE === "1";
   const user = process.env.BENCH_USER ?? "root";
   if (user !== "frtest" && user !== "root") throw new Error(`BENCH_USER must be frtest or root (the fleet authorizes its key for those), got ${user}`);
 
@@ -61,6 +81,7 @@ async function main(): Promise<void> {
     cpuModel: os.cpus()[0]?.model ?? "",
     memoryGiB: Math.round(os.totalmem() / 2 ** 30),
     kernel: os.release(),
+    loadAverageAtStart: os.loadavg(),
     node: process.version,
     openssh: versionOf(["ssh", "-V"]),
     parallelSsh: versionOf(["parallel-ssh", "--version"]),
@@ -70,7 +91,8 @@ async function main(): Promise<void> {
   log(`fleetrun bench: ${machines} machines as ${user}, ${runs} runs, ${env.cpus} CPUs, Node ${env.node}, ${env.openssh}`);
 
   const sections: { key: string; result: SectionResult; baseline?: string }[] = [];
-  const needFleet = ["login", "fanout", "warm", "latency"].some(enabled);
+  const needFleet = ["login", "fanout", "warm", "latency", "load"].some(enabled);
+  if (enabled("load") && machines < machinesNeeded(loadMode)) throw new Error(`the load section needs ${machinesNeeded(loadMode)} machines; BENCH_MACHINES is ${machines}`);
   // The fleet is only needed by the first two sections; history runs after it is stopped.
   if (needFleet) {
     log(`starting ${machines} loopback sshd machines…`);
@@ -106,6 +128,14 @@ async function main(): Promise<void> {
       sections.push({ key: "latency", result, baseline: "ssh2 exec (pooled)" });
       process.stdout.write(formatSection(result, "ssh2 exec (pooled)") + "\n");
     }
+    if (enabled("load")) {
+      const profileDir = path.join(resultsDir, "profiles");
+      mkdirSync(profileDir, { recursive: true });
+      log(`load (${loadMode})…`);
+      const result = await runLoad({ fleet, user, workDir: work, token: TOKEN, mode: loadMode, profileDir, log, enabled });
+      sections.push({ key: "load", result });
+      process.stdout.write(formatSection(result) + "\n");
+    }
     await stopFleet();
   }
 
@@ -117,7 +147,7 @@ async function main(): Promise<void> {
 
   const json = {
     environment: env,
-    options: { machines, runs, user, historyRows, profile, skip: [...skip] },
+    options: { machines, runs, user, historyRows, profile, quick, only, skip: [...skip] },
     sections: Object.fromEntries(sections.map((s) => [s.key, s.result])),
   };
   const file = path.join(resultsDir, "latest.json");

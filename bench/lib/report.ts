@@ -31,12 +31,14 @@ export function formatSection(s: SectionResult, baseline?: string): string {
   const out: string[] = [`\n== ${s.title} ==\n`];
   const base = baseline ? s.measurements.find((m) => m.name === baseline)?.median : undefined;
   const hasP95 = s.measurements.some((m) => m.p95 !== undefined);
+  const hasP99 = s.measurements.some((m) => m.p99 !== undefined);
   const hasCpu = s.measurements.some((m) => m.clientCpuMs !== undefined);
-  const header = ["", "median", ...(hasP95 ? ["p95"] : []), ...(base !== undefined ? [`× ${baseline}`] : []), ...(hasCpu ? ["client CPU", "machine CPU"] : []), "runs ok", "samples"];
+  const header = ["", "median", ...(hasP95 ? ["p95"] : []), ...(hasP99 ? ["p99", "max"] : []), ...(base !== undefined ? [`× ${baseline}`] : []), ...(hasCpu ? ["client CPU", "machine CPU"] : []), "runs ok", "samples"];
   const rows = s.measurements.map((m) => [
     m.name,
     ms(m.median),
     ...(hasP95 ? [ms(m.p95)] : []),
+    ...(hasP99 ? [ms(m.p99), ms(m.max)] : []),
     ...(base !== undefined ? [(m.median / base).toFixed(2)] : []),
     ...(hasCpu ? [ms(med(m.clientCpuMs)), ms(med(m.machineCpuMs))] : []),
     m.okRuns ?? "",
@@ -48,7 +50,7 @@ export function formatSection(s: SectionResult, baseline?: string): string {
     out.push(
       table(
         ["check", "value", "target", ""],
-        s.checks.map((c) => [c.name, c.unit === "x" ? `${c.value.toFixed(2)}×` : ms(c.value), c.target, c.target === "(info)" ? "" : c.met ? "MET" : "MISSED"]),
+        s.checks.map((c) => [c.name, c.unit === "x" ? `${c.value.toFixed(2)}×` : c.unit === "n" ? String(c.value) : ms(c.value), c.target, c.target === "(info)" ? "" : c.met ? "MET" : "MISSED"]),
         [false, true, false, false],
       ),
     );

@@ -9,6 +9,9 @@ export interface Measurement {
   samples: number[];
   median: number;
   p95?: number;
+  /** For latency distributions: the 99th percentile and the largest sample, ms. */
+  p99?: number;
+  max?: number;
   /** Client-side CPU (user + system) per run, ms: the tool's processes or the service process. */
   clientCpuMs?: number[];
   /** Busy CPU of the whole machine (all cores: client, sshd, targets) per run, ms. */
@@ -21,7 +24,8 @@ export interface Measurement {
 export interface Check {
   name: string;
   value: number;
-  unit: "x" | "ms";
+  /** "x": a ratio; "ms": a time; "n": a count. */
+  unit: "x" | "ms" | "n";
   target: string;
   met: boolean;
 }
@@ -33,4 +37,6 @@ export interface SectionResult {
   notes: string[];
   /** CPU profile summary of the service, when one was taken. */
   profile?: unknown;
+  /** Further figures of the section for the JSON file. */
+  data?: unknown;
 }
