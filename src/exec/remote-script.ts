@@ -135,7 +135,7 @@ wait "$P"
 st=$?
 if [ -e "$J/timedout" ] || [ -e "$J/cancelled" ]; then
   i=0
-  while [ "$i" -lt "$GT" ] && mine && k -0 -- "-$P" 2>/dev/null; do sleep 0.1; i=$((i+1)); done
+  while [ "$i" -lt "$GT" ] && mine && k -s 0 -- "-$P" 2>/dev/null; do sleep 0.1; i=$((i+1)); done
   mine && k -s KILL -- "-$P" 2>/dev/null
 elif [ -n "$D" ]; then
   kill -s TERM -- "-$D" 2>/dev/null
