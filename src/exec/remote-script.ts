@@ -21,7 +21,9 @@
  * `out`/`err` from byte offsets until the supervisor's lock is released. The
  * `mkdir` of the job directory is the claim that makes a start idempotent.
  * Timeouts are enforced on the target by a watchdog, so they hold while the
- * service is down. Target requirements: POSIX sh, coreutils (tail, sleep,
+ * service is down; it waits on the supervisor's lock, so it ends with the job.
+ * Once the outcome is stored, `cleanupScript` removes the directory: nothing
+ * of a job is left on the target. Target requirements: POSIX sh, coreutils (tail, sleep,
  * mv, rm), util-linux (setsid, flock), kill, and sudo for `user`.
  */
 import { randomBytes } from "node:crypto";
