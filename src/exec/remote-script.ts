@@ -201,6 +201,8 @@ wait "$E"`;
 const SUPERVISOR = `J=$1 U=$2 T=$3 G=$4 GT=$5 TT=$6
 ${KILL_FN}
 ${MINE_FN}
+${ALIVE_FN}
+${LINGER_FN}
 if [ -n "$U" ]; then
   setsid sudo -n -u "$U" /bin/sh -s <"$J/cmd" >>"$J/out" 2>>"$J/err" 9>&- &
 else
@@ -215,9 +217,8 @@ fi
 wait "$P"
 st=$?
 if [ -e "$J/timedout" ] || [ -e "$J/cancelled" ]; then
-  i=0
-  while [ "$i" -lt "$GT" ] && mine && k -s 0 -- "-$P" 2>/dev/null; do sleep 0.1; i=$((i+1)); done
-  mine && k -s KILL -- "-$P" 2>/dev/null
+  linger "$GT"
+  alive && k -s KILL -- "-$P" 2>/dev/null
 fi
 printf '%s\\n' "$st" >"$J/status.tmp" && mv -f "$J/status.tmp" "$J/status"
 `;

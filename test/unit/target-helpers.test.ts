@@ -120,6 +120,17 @@ describe("the watchdog", () => {
     await eventually(() => ofJob(job.dir).length === 0, 10_000, "no process of the job");
   });
 
+  it("gives what is left of the group the grace period after the command's shell died of SIGTERM", async () => {
+    const job = newJob();
+    const mark = `7104.${process.pid}`;
+    const t0 = Date.now();
+    // The background sleep ignores SIGTERM; the command's shell dies of it at the timeout.
+    expect(runJob(job.jobDir, `sh -c "trap '' TERM; exec sleep ${mark}" & sleep 7105`, 300, 1500)).toBe("status 143 timedout");
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1800);
+    expect(processesWith(mark)).toEqual([]);
+    await eventually(() => ofJob(job.dir).length === 0, 10_000, "no process of the job");
+  });
+
   it("still enforces the timeout when the supervisor died, then ends", async () => {
     const job = newJob();
     const mark = `7103.${process.pid}`;
