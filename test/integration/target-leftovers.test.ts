@@ -74,7 +74,7 @@ describe("nothing is left on a target once a command's outcome is stored", () =>
   beforeAll(async () => {
     svc = await startService({ db: "sqlite", env: { FLEETRUN_KILL_GRACE_MS: "60000" } });
     root = await registerMachine(svc, fleet, { index: 9, user: "root" });
-    login = await registerMachine(svc, fleet, { index: 10, user: "frtest" });
+    login = await registerMachine(svc, fleet, { index: 15, user: "frtest" });
   });
   afterAll(async () => {
     await svc?.close();
