@@ -21,7 +21,9 @@
  * `out`/`err` from byte offsets until the supervisor's lock is released. The
  * `mkdir` of the job directory is the claim that makes a start idempotent.
  * Timeouts are enforced on the target by a watchdog, so they hold while the
- * service is down. Target requirements: POSIX sh, coreutils (tail, sleep,
+ * service is down; it waits on the supervisor's lock, so it ends with the job.
+ * Once the outcome is stored, `cleanupScript` removes the directory: nothing
+ * of a job is left on the target. Target requirements: POSIX sh, coreutils (tail, sleep,
  * mv, rm), util-linux (setsid, flock), kill, and sudo for `user`.
  */
 import { randomBytes } from "node:crypto";
@@ -83,6 +85,95 @@ mine() { [ -e "/proc/$P" ] || return 0; [ "$(started "$P")" = "$S0" ]; }`;
 
 const HEADER_FN = `hdr() { printf '%s %s\\n' "$N" "$*"; }`;
 
+/** "alive" holds while anything of group $P (ours, see "mine") is left. */
+const ALIVE_FN = `alive() { mine && k -s 0 -- "-$P" 2>/dev/null; }`;
+
+/**
+ * "now" sets $c to the time since boot in hundredths of a second (a clock
+ * that never jumps); "linger N" polls group $P every 0.1 s for up to N
+ * tenths of a second and returns as soon as it is gone.
+ */
+const LINGER_FN = `now() { read -r c _ </proc/uptime; c=$(( \${c%.*} * 100 + 1\${c#*.} - 100 )); }
+linger() { now; e=$((c + $1 * 10)); while alive; do now; [ "$c" -lt "$e" ] || return 0; sleep 0.1; done; }`;
+
+/**
+ * "sup N" waits up to N seconds for the job's supervisor to end (it holds
+ * "$J/lock" while it lives) and says how the job stands: 0 it has ended (a
+ * status is recorded) or its directory is gone, 1 the supervisor still
+ * runs, 2 the supervisor died without recording a status. The lock file is
+ * opened without creating it, so a removed job directory stays removed.
+ */
+const SUP_FN = `sup() { flock -E 9 -w "$1" 8 8<"$J/lock" 2>/dev/null; r=$?; [ -d "$J" ] && [ ! -e "$J/status" ] || return 0; [ "$r" = 0 ] && return 2; [ "$r" = 9 ] && return 1; return 0; }`;
+
+/**
+ * The watchdog: waits on the supervisor's lock, so it ends together with
+ * the supervisor, or enforces the timeout when the supervisor is still
+ * running at T: SIGTERM, then SIGKILL when the group outlives the grace.
+ * Should the supervisor die without recording a status, it keeps the
+ * timeout on what is left of the group, polling twice a second.
+ */
+const WATCHDOG = `J=$1 P=$2 T=$3 G=$4 U=$5 S0=$6 GT=$7 TT=$8
+${KILL_FN}
+${MINE_FN}
+${ALIVE_FN}
+${LINGER_FN}
+${SUP_FN}
+now
+d=$((c + TT * 10))
+sup "$T"
+case $? in
+0) exit 0 ;;
+2)
+  while [ -d "$J" ] && [ ! -e "$J/status" ] && alive; do now; [ "$c" -lt "$d" ] || break; sleep 0.5; done
+  [ -d "$J" ] && [ ! -e "$J/status" ] && alive || exit 0 ;;
+esac
+: >"$J/timedout"
+mine && k -s TERM -- "-$P" 2>/dev/null
+sup "$G"
+case $? in
+0) exit 0 ;;
+2) linger "$GT" ;;
+esac
+[ -d "$J" ] && [ ! -e "$J/status" ] && mine && k -s KILL -- "-$P" 2>/dev/null
+exit 0`;
+
+/**
+ * The cancel's escalation: SIGKILL to the group when the job is still
+ * running after the grace period. It waits on the supervisor's lock, so it
+ * ends as soon as the job does.
+ */
+const CANCEL_HELPER = `J=$1 P=$2 G=$3 U=$4 S0=$5 GT=$6
+${KILL_FN}
+${MINE_FN}
+${ALIVE_FN}
+${LINGER_FN}
+${SUP_FN}
+sup "$G"
+case $? in
+0) exit 0 ;;
+2) linger "$GT" ;;
+esac
+[ -d "$J" ] && [ ! -e "$J/status" ] && mine && k -s KILL -- "-$P" 2>/dev/null
+exit 0`;
+
+/**
+ * The light path's escalation: SIGKILL to the group when anything of it is
+ * left after the grace period (in tenths of a second); ends as soon as the
+ * group is gone.
+ */
+const KILL_HELPER = `P=$1 GT=$2 U=$3 S0=$4
+${KILL_FN}
+${MINE_FN}
+${ALIVE_FN}
+${LINGER_FN}
+linger "$GT"
+alive && k -s KILL -- "-$P" 2>/dev/null
+exit 0`;
+
+for (const [name, script] of Object.entries({ WATCHDOG, CANCEL_HELPER, KILL_HELPER })) {
+  if (script.includes("'")) throw new Error(`${name} is passed in single quotes`);
+}
+
 /**
  * Says on stderr why `cwd` ($C) could not be entered; `$1` is the user who tried.
  * A relative cwd is resolved from the login user's home, where sshd starts.
@@ -113,11 +204,15 @@ wait "$E"`;
 
 /**
  * Runs the command and records its end. Arguments: job dir, run-as user,
- * timeout (seconds), grace (seconds), grace (tenths of a second).
+ * timeout (seconds), grace (seconds), grace and timeout (tenths of a
+ * second). Nothing it starts outlives it for long: the watchdog waits on
+ * its lock, and it waits for the command's group after a signal.
  */
-const SUPERVISOR = `J=$1 U=$2 T=$3 G=$4 GT=$5
+const SUPERVISOR = `J=$1 U=$2 T=$3 G=$4 GT=$5 TT=$6
 ${KILL_FN}
 ${MINE_FN}
+${ALIVE_FN}
+${LINGER_FN}
 if [ -n "$U" ]; then
   setsid sudo -n -u "$U" /bin/sh -s <"$J/cmd" >>"$J/out" 2>>"$J/err" 9>&- &
 else
@@ -126,29 +221,14 @@ fi
 P=$!
 S0=$(started "$P")
 printf '%s %s\\n' "$P" "$S0" >"$J/pgid.tmp" && mv -f "$J/pgid.tmp" "$J/pgid"
-D=
 if [ "$T" != 0.000 ]; then
-  setsid /bin/sh -c '
-J=$1 P=$2 T=$3 G=$4 U=$5 S0=$6
-${KILL_FN}
-${MINE_FN}
-sleep "$T"
-[ -e "$J/status" ] && exit 0
-: >"$J/timedout"
-mine && k -s TERM -- "-$P" 2>/dev/null
-sleep "$G"
-[ -d "$J" ] && [ ! -e "$J/status" ] && mine && k -s KILL -- "-$P" 2>/dev/null
-exit 0' fleetrun-watchdog "$J" "$P" "$T" "$G" "$U" "$S0" </dev/null >/dev/null 2>&1 9>&- &
-  D=$!
+  setsid /bin/sh -c '${WATCHDOG}' fleetrun-watchdog "$J" "$P" "$T" "$G" "$U" "$S0" "$GT" "$TT" </dev/null >/dev/null 2>&1 9>&- &
 fi
 wait "$P"
 st=$?
 if [ -e "$J/timedout" ] || [ -e "$J/cancelled" ]; then
-  i=0
-  while [ "$i" -lt "$GT" ] && mine && k -0 -- "-$P" 2>/dev/null; do sleep 0.1; i=$((i+1)); done
-  mine && k -s KILL -- "-$P" 2>/dev/null
-elif [ -n "$D" ]; then
-  kill -s TERM -- "-$D" 2>/dev/null
+  linger "$GT"
+  alive && k -s KILL -- "-$P" 2>/dev/null
 fi
 printf '%s\\n' "$st" >"$J/status.tmp" && mv -f "$J/status.tmp" "$J/status"
 `;
@@ -209,7 +289,7 @@ printf '%s' ${q(SUPERVISOR)} >"$J/sup"
 : >"$J/err"
 exec 9>"$J/lock"
 flock -n 9 || { printf 'the job lock %s is held by another process\\n' "$J/lock" >&2; fail spawn_failed; }
-setsid /bin/sh "$J/sup" "$J" "$U" ${q(seconds(spec.timeoutMs))} ${q(seconds(spec.graceMs))} ${tenths(spec.graceMs)} </dev/null >/dev/null 2>&1 &
+setsid /bin/sh "$J/sup" "$J" "$U" ${q(seconds(spec.timeoutMs))} ${q(seconds(spec.graceMs))} ${tenths(spec.graceMs)} ${tenths(spec.timeoutMs)} </dev/null >/dev/null 2>&1 &
 exec 9>&-
 hdr started
 ${spec.sweepAfterMinutes ? sweepScript(spec.sweepAfterMinutes) : ""}A=1 B=1
@@ -320,13 +400,7 @@ P=${pgid}
 S0=${leaderStart ?? '$(started "$P")'}
 mine && k -s TERM -- "-$P" 2>/dev/null || { hdr gone; exit 0; }
 hdr sent
-( setsid /bin/sh -c '
-P=$1 G=$2 U=$3 S0=$4
-${KILL_FN}
-${MINE_FN}
-sleep "$G"
-mine && k -s KILL -- "-$P" 2>/dev/null
-exit 0' fleetrun-kill "$P" ${q(seconds(graceMs))} "$U" "$S0" </dev/null >/dev/null 2>&1 & )
+( setsid /bin/sh -c '${KILL_HELPER}' fleetrun-kill "$P" ${tenths(graceMs)} "$U" "$S0" </dev/null >/dev/null 2>&1 & )
 }
 `;
 }
@@ -421,13 +495,7 @@ read -r P S0 <"$J/pgid"
 : >"$J/cancelled"
 mine && k -s TERM -- "-$P" 2>/dev/null
 hdr sent
-( setsid /bin/sh -c '
-J=$1 P=$2 G=$3 U=$4 S0=$5
-${KILL_FN}
-${MINE_FN}
-sleep "$G"
-[ -d "$J" ] && [ ! -e "$J/status" ] && mine && k -s KILL -- "-$P" 2>/dev/null
-exit 0' fleetrun-cancel "$J" "$P" ${q(seconds(graceMs))} "$U" "$S0" </dev/null >/dev/null 2>&1 & )
+( setsid /bin/sh -c '${CANCEL_HELPER}' fleetrun-cancel "$J" "$P" ${q(seconds(graceMs))} "$U" "$S0" ${tenths(graceMs)} </dev/null >/dev/null 2>&1 & )
 }
 `;
 }
