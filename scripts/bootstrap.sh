@@ -50,7 +50,7 @@ apt_install() {
 # binding for Node 24 when the machine's npmrc made node-gyp build it for another Node.
 marker=node_modules/.package-lock.json
 if [ ! -d node_modules ] || [ ! -e "$marker" ] || [ package-lock.json -nt "$marker" ]; then
-  say "npm ci: dependencies and Node 24 (a first run takes 1-3 min; the log is in .cache/npm-ci.log)"
+  say "npm ci: dependencies and Node 24 (first run: minutes, up to 15 on a busy machine; log in .cache/npm-ci.log)"
   mkdir -p .cache
   started=$SECONDS
   # npm's own warnings (EBADENGINE: npm itself runs on the system Node) go to the log;

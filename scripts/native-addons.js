@@ -54,7 +54,7 @@ if (nodedir === null) {
   console.error(`fleetrun: warning: ssh2's native crypto binding does not load in Node ${version} and no headers of that Node were found to rebuild it; ssh2 falls back to slower JS crypto`);
   process.exit(0);
 }
-console.error(`fleetrun: rebuilding ssh2's native crypto binding for Node ${version} (about 15-60 s)`);
+console.error(`fleetrun: rebuilding ssh2's native crypto binding for Node ${version} (1-2 min, longer on a busy machine)`);
 const started = Date.now();
 const r = spawnSync("npm", ["rebuild", "ssh2", `--nodedir=${nodedir}`, "--loglevel=error", "--foreground-scripts=false"], {
   cwd: root,

@@ -9,5 +9,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh --app-only
 export FLEETRUN_LOCAL_MACHINE="${FLEETRUN_LOCAL_MACHINE:-1}"
-printf 'start: starting fleetrun (about 2-5 s)\n' >&2
+printf 'start: starting fleetrun (seconds; up to a minute on a busy machine)\n' >&2
 exec node_modules/.bin/node src/main.ts "$@"
