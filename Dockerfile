@@ -8,8 +8,11 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 make g++ \
  && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json ./
+# npm ci's postinstall (checks ssh2's native crypto binding loads; here it is built
+# against the image's own Node 24 headers, so it normally has nothing to do).
+COPY scripts/native-addons.js ./scripts/
 # The image brings Node 24; the `node` dev dependency is for bare-metal checkouts.
-RUN npm ci --omit=dev --no-audit --no-fund || npm install --omit=dev --no-save --no-audit --no-fund
+RUN npm ci --omit=dev --no-audit --no-fund
 COPY tsconfig.json buf.yaml buf.gen.yaml ./
 COPY proto ./proto
 COPY src ./src

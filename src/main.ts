@@ -1,24 +1,96 @@
 /**
  * Reads the configuration, builds the app, re-attaches to commands a previous
  * process left running, listens, and shuts down gracefully on SIGTERM/SIGINT.
+ *
+ * A start-up failure the user can fix (a bad setting, the port in use, a database
+ * that cannot be opened, a data dir another fleetrun holds) is one line on stderr
+ * naming the setting and the fix, and exit code 2; anything else is a bug: its
+ * stack and exit code 1.
  */
 import fs from "node:fs";
 import { ensureAdminToken } from "./admin-token.ts";
 import { buildApp, loggerOptions } from "./app.ts";
-import { ConfigError, describeConfig, loadConfig, sshOptionsFrom } from "./config.ts";
+import { ConfigError, describeConfig, loadConfig, sshOptionsFrom, unknownSettings, type Config } from "./config.ts";
+import { DataDirLockedError, lockDataDir, type DataDirLock } from "./data-dir-lock.ts";
 import { openStores } from "./db/index.ts";
 import { listenOnePort } from "./server/one-port-server.ts";
 import { createLocalTransport, createSshTransport } from "./ssh/index.ts";
+import { sshNativeCrypto } from "./ssh/native-crypto.ts";
+
+/** A start-up failure the user can fix; the message names the setting and the fix. */
+class StartupError extends Error {
+  override name = "StartupError";
+}
+
+function errCode(err: unknown): string {
+  const e = err as { code?: unknown; message?: unknown };
+  if (typeof e?.code === "string") return e.code;
+  return typeof e?.message === "string" ? e.message.split("\n")[0]! : String(err);
+}
+
+/** The reason of a database error, without the URL (it may hold a password). */
+function dbReason(err: unknown, url: string | null): string {
+  let reason = err instanceof Error ? err.message.split("\n")[0]! : String(err);
+  if (url) reason = reason.replaceAll(url, "DATABASE_URL");
+  const code = (err as { code?: unknown })?.code;
+  return typeof code === "string" && !reason.includes(code) ? `${code}: ${reason}` : reason;
+}
+
+function printHelp(): void {
+  console.log("fleetrun: every setting is an environment variable or the flag next to it (a flag wins).\n");
+  // Defaults as the README's settings table writes them: — for none, 0/1 for switches.
+  const shown = (v: unknown) => (v === null ? "—" : typeof v === "boolean" ? (v ? "1" : "0") : String(v));
+  for (const c of describeConfig()) {
+    console.log(`${c.env.padEnd(38)} ${c.flag.padEnd(32)} ${shown(c.default).padEnd(12)} ${c.description}`);
+  }
+}
+
+function readTls(config: Config): { cert: Buffer; key: Buffer } | undefined {
+  if (!config.tlsCert || !config.tlsKey) return undefined;
+  const read = (file: string, setting: string) => {
+    try {
+      return fs.readFileSync(file);
+    } catch (err) {
+      throw new StartupError(`cannot read ${file} (${errCode(err)}): set ${setting} to a readable PEM file`);
+    }
+  };
+  return { cert: read(config.tlsCert, "FLEETRUN_TLS_CERT"), key: read(config.tlsKey, "FLEETRUN_TLS_KEY") };
+}
 
 async function main(): Promise<void> {
-  if (process.argv.includes("--help")) {
-    for (const c of describeConfig()) console.log(`${c.env.padEnd(38)} ${String(c.default).padEnd(12)} ${c.description}`);
+  const argv = process.argv.slice(2);
+  if (argv.includes("--help") || argv.includes("-h")) {
+    printHelp();
     return;
   }
-  const config = loadConfig();
-  fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  const config = loadConfig(process.env, argv);
+  try {
+    fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+    fs.accessSync(config.dataDir, fs.constants.W_OK);
+  } catch (err) {
+    throw new StartupError(`cannot use the data dir ${config.dataDir} (${errCode(err)}): set FLEETRUN_DATA_DIR to a writable directory`);
+  }
+  // SQLite only: with PostgreSQL the database itself is shared on purpose.
+  let lock: DataDirLock | null = null;
+  if (config.databaseUrl === null) {
+    try {
+      lock = lockDataDir(config.dataDir);
+    } catch (err) {
+      if (err instanceof DataDirLockedError) throw new StartupError(err.message);
+      throw new StartupError(`cannot lock the data dir ${config.dataDir} (${errCode(err)}): set FLEETRUN_DATA_DIR to a writable local directory`);
+    }
+  }
   const admin = ensureAdminToken(config.dataDir, config.adminToken);
-  const stores = await openStores({ dataDir: config.dataDir, ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}) });
+  let stores: Awaited<ReturnType<typeof openStores>>;
+  try {
+    stores = await openStores({ dataDir: config.dataDir, ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}) });
+  } catch (err) {
+    throw new StartupError(
+      config.databaseUrl
+        ? `cannot open the PostgreSQL database (${dbReason(err, config.databaseUrl)}): check DATABASE_URL`
+        : `cannot open the SQLite database in ${config.dataDir} (${dbReason(err, null)}): check FLEETRUN_DATA_DIR`,
+    );
+  }
   let storesRef = stores;
   const ssh = createSshTransport({
     ...sshOptionsFrom(config),
@@ -27,20 +99,51 @@ async function main(): Promise<void> {
     },
   });
   const local = createLocalTransport();
-  const tls = config.tlsCert && config.tlsKey ? { cert: fs.readFileSync(config.tlsCert), key: fs.readFileSync(config.tlsKey) } : undefined;
-  const app = buildApp({ config, stores, ssh, local, adminToken: admin.token, logger: loggerOptions(config.logLevel), tls });
+  const tls = readTls(config);
+  const pretty = process.stdout.isTTY === true;
+  const app = buildApp({ config, stores, ssh, local, adminToken: admin.token, logger: loggerOptions(config.logLevel, pretty), tls });
   const log = app.fastify.log;
   // A bug in a background task must not take every running command down with it.
   process.on("unhandledRejection", (err) => log.error({ err }, "unhandled rejection"));
+  for (const u of unknownSettings()) {
+    log.warn(`${u.env} is not a fleetrun setting and is ignored${u.suggestion ? ` (did you mean ${u.suggestion}?)` : ""}; npm start -- --help lists them`);
+  }
+  const crypto = sshNativeCrypto();
+  if (!crypto.loaded) {
+    log.warn(
+      { reason: crypto.reason },
+      "ssh2's native crypto binding does not load, so SSH uses a slower JS path: run `node scripts/native-addons.js` (it rebuilds ssh2 for Node 24) or `npm ci`",
+    );
+  }
 
   const recovered = await app.engine.recover();
   if (recovered.reattached + recovered.settled > 0) log.info(recovered, "recovered commands of the previous run");
 
-  const server = await listenOnePort(app.fastify, { host: config.host, port: config.port });
-  log.info({ url: server.url, database: config.databaseUrl ? "postgresql" : "sqlite", local_machine: config.localMachine }, "fleetrun listening");
+  let server: Awaited<ReturnType<typeof listenOnePort>>;
+  try {
+    server = await listenOnePort(app.fastify, { host: config.host, port: config.port });
+  } catch (err) {
+    const code = errCode(err);
+    if (code === "EADDRINUSE") throw new StartupError(`port ${config.port} is in use on ${config.host}: set PORT (or --port) to a free port`);
+    if (code === "EACCES") throw new StartupError(`no permission to listen on port ${config.port}: set PORT (or --port) to 1024 or above`);
+    if (code === "EADDRNOTAVAIL" || code === "ENOTFOUND" || code === "EAI_AGAIN") {
+      throw new StartupError(`cannot listen on ${config.host} (${code}: not an address of this machine): set HOST (or --host)`);
+    }
+    throw err;
+  }
+  const tokenKept = admin.file ?? "FLEETRUN_ADMIN_TOKEN";
+  log.info(
+    { url: server.url, database: config.databaseUrl ? "postgresql" : "sqlite", data_dir: config.dataDir, local_machine: config.localMachine, admin_token: tokenKept },
+    `fleetrun listening on ${server.url}; admin token in ${tokenKept}`,
+  );
   if (admin.generated) {
-    // Shown once, at the start that created it; kept (0600) in the data dir.
-    process.stderr.write(`\nAdmin token (saved to ${admin.file}, shown only this once):\n\n  ${admin.token}\n\n`);
+    // The token itself goes only to a person at a terminal, once; a log collector
+    // (stderr not a TTY) only learns where it is kept (0600, in the data dir).
+    if (process.stderr.isTTY) {
+      process.stderr.write(`\nAdmin token (saved to ${admin.file}, shown only this once):\n\n  ${admin.token}\n\n`);
+    } else {
+      log.info({ admin_token: admin.file }, `admin token generated into ${admin.file} (mode 0600): read it there`);
+    }
   }
 
   let retention: NodeJS.Timeout | null = null;
@@ -70,6 +173,7 @@ async function main(): Promise<void> {
     await ssh.close();
     await local.close();
     await stores.close();
+    lock?.release();
     log.info("stopped");
   };
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
@@ -86,10 +190,10 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  if (err instanceof ConfigError) {
-    console.error(`fleetrun: configuration error: ${err.message}`);
-  } else {
-    console.error("fleetrun: failed to start:", err);
+  if (err instanceof ConfigError || err instanceof StartupError) {
+    process.stderr.write(`fleetrun: ${err.message}\n`);
+    process.exit(2);
   }
+  console.error("fleetrun: failed to start:", err);
   process.exit(1);
 });

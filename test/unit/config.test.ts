@@ -3,7 +3,7 @@
  * and a bad value is refused with the variable's name.
  */
 import { describe, expect, it } from "vitest";
-import { ConfigError, describeConfig, loadConfig, settingName, sshOptionsFrom } from "../../src/config.ts";
+import { ConfigError, describeConfig, flagOf, loadConfig, settingName, sshOptionsFrom, unknownSettings } from "../../src/config.ts";
 
 describe("configuration", () => {
   it("defaults the SSH deadlines and pacing", () => {
@@ -89,5 +89,40 @@ describe("configuration", () => {
     ["FLEETRUN_MAX_FOLLOWERS", "10000000"],
   ])("refuses the admission limit %s=%s, naming the variable", (name, value) => {
     expect(() => loadConfig({ [name]: value })).toThrowError(new RegExp(`^${name}: must be an integer`));
+  });
+
+  it("takes every setting as a flag too, and a flag wins over the variable", () => {
+    expect(flagOf("PORT")).toBe("--port");
+    expect(flagOf("FLEETRUN_DATA_DIR")).toBe("--data-dir");
+    expect(flagOf("DATABASE_URL")).toBe("--database-url");
+    const config = loadConfig({ PORT: "9000", FLEETRUN_KILL_GRACE_MS: "700" }, ["--port", "9001", "--ssh-handshakes-total=12", "--local-machine=1"]);
+    expect(config.port).toBe(9001);
+    expect(config.graceMs).toBe(700);
+    expect(config.sshHandshakesTotal).toBe(12);
+    expect(config.localMachine).toBe(true);
+  });
+
+  it.each([
+    [["--prot", "9000"], "--prot"],
+    [["9000"], "9000"],
+    [["--port"], "--port"],
+    [["--port=x"], "--port"],
+  ])("refuses the arguments %j, naming %s", (argv, named) => {
+    expect(() => loadConfig({}, argv)).toThrow(ConfigError);
+    expect(() => loadConfig({}, argv)).toThrow(new RegExp(`^${named}: `));
+  });
+
+  it("refuses a short admin token and a DATABASE_URL that is not postgres://", () => {
+    expect(() => loadConfig({ FLEETRUN_ADMIN_TOKEN: "short" })).toThrow(/^FLEETRUN_ADMIN_TOKEN: must be at least 16/);
+    expect(() => loadConfig({ DATABASE_URL: "mysql://db/x" })).toThrow(/^DATABASE_URL: must be a postgres:\/\//);
+    expect(loadConfig({ DATABASE_URL: "postgresql://u@db:5432/x" }).databaseUrl).toBe("postgresql://u@db:5432/x");
+  });
+
+  it("names FLEETRUN_ variables that are no setting, with the closest one", () => {
+    expect(unknownSettings({ FLEETRUN_LOCAL_MACHINES: "1", FLEETRUN_PORT: "1", FLEETRUN_DATA_DIR: "/x", PATH: "/bin", FLEETRUN_ZZZZZZZZZZZZZZ: "" })).toEqual([
+      { env: "FLEETRUN_LOCAL_MACHINES", suggestion: "FLEETRUN_LOCAL_MACHINE" },
+      { env: "FLEETRUN_PORT", suggestion: "PORT" },
+      { env: "FLEETRUN_ZZZZZZZZZZZZZZ", suggestion: null },
+    ]);
   });
 });
