@@ -39,7 +39,8 @@ function dbReason(err: unknown, url: string | null): string {
 function printHelp(): void {
   console.log("fleetrun: every setting is an environment variable or the flag next to it (a flag wins).\n");
   // Defaults as the README's settings table writes them: — for none, 0/1 for switches.
-  const shown = (v: unknown) => (v === null ? "—" : typeof v === "boolean" ? (v ? "1" : "0") : String(v));
+  const shown = (v: unknown) =>
+    v === null || (Array.isArray(v) && v.length === 0) ? "—" : typeof v === "boolean" ? (v ? "1" : "0") : String(v);
   for (const c of describeConfig()) {
     console.log(`${c.env.padEnd(38)} ${c.flag.padEnd(32)} ${shown(c.default).padEnd(12)} ${c.description}`);
   }
