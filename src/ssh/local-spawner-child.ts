@@ -12,7 +12,7 @@
  *
  * It lives as long as its IPC channel: when the service exits, closes the
  * channel or is killed (even with SIGKILL), the channel reaches end-of-file
- * and the spawner exits. It ignores SIGINT, SIGTERM and SIGHUP, which a
+ * and the spawner exits (within half a second). It ignores SIGINT, SIGTERM and SIGHUP, which a
  * terminal or a service manager sends to the whole process group, so that a
  * service still shutting down gracefully keeps its spawner. The processes it
  * started are not killed when it exits (as before, when the service spawned
@@ -71,14 +71,36 @@ function start(req: SpawnRequest): void {
     reply({ t: "failed", id: req.id, message: "this Node cannot hand over pipes safely (no readStop on the pipe handle)" });
     return;
   }
-  // Handles go out one at a time (each waits for the service's ack), and
-  // Node keeps later messages behind them: `exit` always comes last.
+  // Handles go out one at a time (each waits for the service's ack), so a
+  // quick process may exit while its pipes still wait here. On exit Node
+  // destroys the child's stdin and resumes its stdout and stderr (which would
+  // read them here); the pipes are ours now, so the child object lets go.
+  Object.assign(child, { stdin: null, stdout: null, stderr: null, stdio: [null, null, null] });
+  // Node keeps later messages behind queued handles: `exit` always comes last.
   pipes.forEach((socket, fd) => reply({ t: "pipe", id: req.id, fd: fd as 0 | 1 | 2 }, socket!));
   child.once("exit", (code, signal) => reply({ t: "exit", id: req.id, code, signal }));
 }
 
 for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => {});
 process.on("disconnect", () => process.exit(0));
+// The channel's end-of-file emits `disconnect` only once no handle waits for
+// an ack, and a service that is gone acks nothing: check the channel (and the
+// parent, which is gone after kill -9) on a timer as well.
+const parent = process.ppid;
+setInterval(() => {
+  if (!process.connected || process.ppid !== parent) process.exit(0);
+}, 500).unref();
+// One spawn per turn of the event loop: a spawn blocks this process until
+// the shell has started, and the acks that let earlier processes' pipes go
+// out must not wait behind every request that arrived at once.
+const queue: SpawnRequest[] = [];
+const next = (): void => {
+  const req = queue.shift();
+  if (req) start(req);
+  if (queue.length > 0) setImmediate(next);
+};
 process.on("message", (msg: SpawnRequest) => {
-  if (msg?.t === "spawn") start(msg);
+  if (msg?.t !== "spawn") return;
+  queue.push(msg);
+  if (queue.length === 1) setImmediate(next);
 });

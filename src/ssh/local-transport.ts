@@ -105,12 +105,6 @@ export function createLocalTransport(): Transport {
     running++;
     // The handed-over stdin is a full socket: once written and closed, let go of it.
     stdin.end(proc.options.stdin ?? "", () => stdin.destroy());
-    for (const s of [stdout, stderr]) {
-      s.once("close", () => {
-        proc.openStreams--;
-        maybeSettle(sp, proc);
-      });
-    }
     proc.resolveExec({ stdout, stderr, done: proc.done, close: () => closePipes(proc) });
     maybeSettle(sp, proc);
   };
@@ -126,6 +120,14 @@ export function createLocalTransport(): Transport {
         const socket = handle as Socket;
         // The process may exit before reading its stdin (EPIPE); read errors end the stream.
         socket.on("error", () => {});
+        // A quick process's output pipe may reach end-of-file and close
+        // before its other pipes arrive: count from now on.
+        if (msg.fd > 0) {
+          socket.once("close", () => {
+            proc.openStreams--;
+            maybeSettle(sp, proc);
+          });
+        }
         proc.pipes[msg.fd] = socket;
         if (proc.phase === "starting" && proc.pipes.every((p) => p !== null)) started(sp, proc);
         return;
@@ -173,7 +175,8 @@ export function createLocalTransport(): Transport {
       child,
       procs: new Map(),
       exited: new Promise((resolve) => {
-        child.once("close", () => resolve());
+        // Not `close`: after the service disconnects, Node never emits it.
+        child.once("exit", () => resolve());
         // A spawner that never started emits no `close`.
         child.once("error", () => child.pid === undefined && resolve());
       }),
@@ -254,6 +257,8 @@ export function createLocalTransport(): Transport {
       if (prev.kind !== "up") return;
       const sp = prev.spawner;
       spawnerGone(sp, "transport closed");
+      // Until it has exited, the spawner keeps the caller of close() alive.
+      sp.child.ref();
       // Closing the channel is the spawner's signal to exit.
       if (sp.child.connected) sp.child.disconnect();
       const timer = setTimeout(() => sp.child.kill("SIGKILL"), SPAWNER_EXIT_WAIT_MS);
