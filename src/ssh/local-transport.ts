@@ -177,7 +177,7 @@ export function createLocalTransport(): Transport {
       exited: new Promise((resolve) => {
         // Not `close`: after the service disconnects, Node never emits it.
         child.once("exit", () => resolve());
-        // A spawner that never started emits no `close`.
+        // A spawner that never started emits no `exit`.
         child.once("error", () => child.pid === undefined && resolve());
       }),
       gone: false,
@@ -194,7 +194,15 @@ export function createLocalTransport(): Transport {
   const exec = (target: MachineTarget, commandLine: string, options: ExecOptions = {}): Promise<RemoteProcess> => {
     if (state.kind === "closed") return Promise.reject(new TargetError("unreachable", "transport closed", target.id));
     if (options.signal?.aborted) return Promise.reject(options.signal.reason);
-    if (state.kind === "none") state = { kind: "up", spawner: startSpawner() };
+    if (state.kind === "none") {
+      try {
+        state = { kind: "up", spawner: startSpawner() };
+      } catch (err) {
+        return Promise.reject(
+          new TargetError("spawn_failed", `cannot start the local spawner: ${(err as Error).message}`, target.id, { cause: err }),
+        );
+      }
+    }
     const sp = state.spawner;
     return new Promise<RemoteProcess>((resolveExec, rejectExec) => {
       let resolveDone!: (info: ExitInfo) => void;
