@@ -26,6 +26,23 @@ async function rest(url: string, method: string, p: string, body?: unknown): Pro
   return { status: res.status, body: text ? JSON.parse(text) : null };
 }
 
+/** The local transport's spawner processes whose parent is `pid`. */
+function spawnersOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const p of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${p}/stat`, "utf8");
+      const [state, ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (state === "Z" || Number(ppid) !== pid) continue;
+      if (fs.readFileSync(`/proc/${p}/cmdline`, "utf8").includes("local-spawner-child")) out.push(Number(p));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
 function rssKiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"));
   return m ? Number(m[1]) : 0;
@@ -37,7 +54,12 @@ describe("the service process", () => {
   let svc: ServiceProcess | null = null;
   const machines: string[] = [];
 
-  const env = () => ({ FLEETRUN_DATA_DIR: dataDir, FLEETRUN_KILL_GRACE_MS: "1000", FLEETRUN_SHUTDOWN_GRACE_MS: "3000" });
+  const env = () => ({
+    FLEETRUN_DATA_DIR: dataDir,
+    FLEETRUN_KILL_GRACE_MS: "1000",
+    FLEETRUN_SHUTDOWN_GRACE_MS: "3000",
+    FLEETRUN_LOCAL_MACHINE: "1",
+  });
 
   beforeAll(async () => {
     dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "fleetrun-restart-"));
@@ -100,6 +122,31 @@ describe("the service process", () => {
       expect(c.stdout_bytes).toBeGreaterThanOrEqual(before.get(id)!);
     }
   }, 120_000);
+
+  it("on mach_local: kill -9 takes the spawner down with the service, the detached command runs on and is re-attached", async () => {
+    const mark = `6.${unique()}`;
+    const r = await rest(svc!.url, "POST", "/v1/commands/async", { machine_id: "mach_local", command: `echo start; sleep ${mark}; echo end; exit 3` });
+    expect(r.status).toBe(202);
+    const id = r.body.data.id;
+    await eventually(async () => (await rest(svc!.url, "GET", `/v1/commands/${id}`)).body.data.stdout_bytes > 0, 20_000, "first output");
+    const [spawner] = spawnersOf(svc!.child.pid!);
+    expect(spawner).toBeDefined();
+    svc!.child.kill("SIGKILL");
+    await svc!.exited;
+    await eventually(() => !fs.existsSync(`/proc/${spawner}/cmdline`) || !fs.readFileSync(`/proc/${spawner}/cmdline`, "utf8").includes("local-spawner"), 10_000, "the spawner to exit");
+    expect(processesWith(`sleep ${mark}`)).toHaveLength(1);
+
+    svc = await spawnService(env(), port);
+    const c = await eventually(async () => {
+      const d = (await rest(svc!.url, "GET", `/v1/commands/${id}`)).body.data;
+      return d.status !== "running" && d.status !== "queued" ? d : null;
+    }, 40_000, "the command to end");
+    expect(c.status).toBe("completed");
+    expect(c.exit_code).toBe(3);
+    expect(c.stdout).toBe("start\nend\n");
+    // The new service process has its own spawner.
+    expect(spawnersOf(svc!.child.pid!)).toHaveLength(1);
+  }, 90_000);
 
   it("a follower that reconnects with its last offset after a crash sees no gap and no duplicate", async () => {
     const r = await rest(svc!.url, "POST", "/v1/commands/async", {
