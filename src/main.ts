@@ -10,6 +10,13 @@ import { openStores } from "./db/index.ts";
 import { listenOnePort } from "./server/one-port-server.ts";
 import { createLocalTransport, createSshTransport } from "./ssh/index.ts";
 
+/** How long open connections get to finish once a stop closes the port, and detached runs to settle (ms). */
+const CLOSE_GRACE_MS = 1_000;
+
+function seconds(ms: number): string {
+  return `${Math.round(ms / 100) / 10} s`;
+}
+
 async function main(): Promise<void> {
   if (process.argv.includes("--help")) {
     for (const c of describeConfig()) console.log(`${c.env.padEnd(38)} ${String(c.default).padEnd(12)} ${c.description}`);
@@ -57,29 +64,51 @@ async function main(): Promise<void> {
     retention.unref();
   }
 
-  let stopping = false;
+  // First signal: followers get their final event at once, the port answers
+  // 503 on /healthz while commands with a waiting caller finish (up to the
+  // grace), then everything closes. A second signal cuts the grace short.
+  let signals = 0;
+  const stopNow = new AbortController();
   const stop = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
+    const t0 = Date.now();
     log.info({ signal }, "shutting down");
     if (retention) clearInterval(retention);
     app.health.shutdown();
-    const closed = server.close(config.shutdownGraceMs + config.graceMs + 10_000);
-    await app.engine.shutdown(config.shutdownGraceMs);
-    await closed;
-    await ssh.close();
-    await local.close();
+    await app.engine.shutdown(config.shutdownGraceMs, {
+      stopNow: stopNow.signal,
+      onWaiting: (n) =>
+        log.info(
+          { commands: n, grace_ms: config.shutdownGraceMs },
+          `waiting for ${n} ${n === 1 ? "command with a caller" : "commands with callers"}, up to ${seconds(config.shutdownGraceMs)}; signal again to stop now`,
+        ),
+    });
+    // Followers have ended and callers have their answers: what is still open
+    // is idle or stalled. SSH connections close meanwhile; nothing needs them now.
+    const detached = app.engine.activeRuns;
+    await Promise.all([server.close(stopNow.signal.aborted ? 0 : CLOSE_GRACE_MS), ssh.close(), local.close()]);
+    // Detached commands conclude once their connections are gone (output stored, left to re-attach).
+    await app.engine.settled(CLOSE_GRACE_MS);
     await stores.close();
-    log.info("stopped");
+    log.info({ detached_left_running: detached, took_ms: Date.now() - t0 }, "stopped");
   };
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
-    process.once(signal, () => {
-      stop(signal)
-        .then(() => process.exit(0))
-        .catch((err: unknown) => {
-          log.error({ err }, "shutdown failed");
-          process.exit(1);
-        });
+    process.on(signal, () => {
+      signals++;
+      if (signals === 1) {
+        stop(signal)
+          .then(() => process.exit(0))
+          .catch((err: unknown) => {
+            log.error({ err }, "shutdown failed");
+            process.exit(1);
+          });
+      } else if (signals === 2) {
+        log.info({ signal }, "stopping now: commands with callers are cancelled, detached commands are left to re-attach");
+        stopNow.abort();
+        server.closeAllConnections();
+      } else {
+        log.warn({ signal }, "exiting at once");
+        process.exit(1);
+      }
     });
   }
   storesRef = stores;

@@ -4,10 +4,16 @@
  * `internal` error whose details go to the log only.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
-import { FleetError, type ErrorCode } from "../exec/errors.ts";
+import { FleetError, ServiceStoppingError, type ErrorCode } from "../exec/errors.ts";
 
 /** Response header naming the request field an error is about. */
 export const ERROR_FIELD_HEADER = "x-error-field";
+
+/**
+ * Trailer of a stream ended because the service stops (code UNAVAILABLE):
+ * the byte offset to follow the command again from after the next start.
+ */
+export const RESUME_OFFSET_HEADER = "fleetrun-resume-offset";
 
 const CODES: Record<ErrorCode, Code> = {
   invalid_argument: Code.InvalidArgument,
@@ -31,6 +37,7 @@ export function toConnectError(err: unknown, onInternal?: (err: unknown) => void
   if (err instanceof FleetError) {
     const e = new ConnectError(err.message, CODES[err.code]);
     if (err.field) e.metadata.set(ERROR_FIELD_HEADER, err.field);
+    if (err instanceof ServiceStoppingError) e.metadata.set(RESUME_OFFSET_HEADER, String(err.resumeOffset));
     return e;
   }
   // An abort of the caller's own request.
