@@ -349,7 +349,7 @@ describe("stopping the service", () => {
       expect(n).toBeGreaterThan(1);
       expect(c.stdout).toBe(Array.from({ length: n }, (_, i) => `${prefix}${i + 1}\n`).join(""));
     }
-  }, 60_000);
+  }, 120_000);
 
   it("a second signal stops at once: the caller's command is cancelled, detached ones are left to re-attach", async () => {
     const finish = path.join(os.tmpdir(), `fleetrun-stop-${unique()}`);
@@ -384,5 +384,5 @@ describe("stopping the service", () => {
       return c.status === "completed" ? c : null;
     }, 30_000, "the detached command to complete");
     expect(d).toMatchObject({ exit_code: 4, stdout: "back\n" });
-  }, 60_000);
+  }, 120_000);
 });
