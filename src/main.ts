@@ -85,11 +85,17 @@ async function main(): Promise<void> {
     // Followers have ended and callers have their answers: what is still open
     // is idle or stalled. SSH connections close meanwhile; nothing needs them now.
     const detached = app.engine.activeRuns;
-    await Promise.all([server.close(stopNow.signal.aborted ? 0 : CLOSE_GRACE_MS), ssh.close(), local.close()]);
+    const steps: Record<string, number> = { callers_ms: Date.now() - t0 };
+    const timed = async (name: string, p: Promise<unknown>) => {
+      const s0 = Date.now();
+      await p;
+      steps[name] = Date.now() - s0;
+    };
+    await Promise.all([timed("connections_ms", server.close(stopNow.signal.aborted ? 0 : CLOSE_GRACE_MS)), timed("ssh_ms", ssh.close()), local.close()]);
     // Detached commands conclude once their connections are gone (output stored, left to re-attach).
-    await app.engine.settled(CLOSE_GRACE_MS);
-    await stores.close();
-    log.info({ detached_left_running: detached, took_ms: Date.now() - t0 }, "stopped");
+    await timed("settle_ms", app.engine.settled(CLOSE_GRACE_MS));
+    await timed("store_ms", stores.close());
+    log.info({ detached_left_running: detached, took_ms: Date.now() - t0, ...steps }, "stopped");
   };
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     process.on(signal, () => {

@@ -202,7 +202,10 @@ describe("stopping the service", () => {
     const kinds: Kind[] = ["ndjson", "sse", "grpc"];
     const followers = Array.from({ length: 100 }, (_, i) => follow(kinds[i % 3]!, svc!.url, ids[i % 50]!, 0, grpcClient));
     try {
-      await eventually(() => followers.every((f) => f.offset > 0), 90_000, "every follower to receive output");
+      await eventually(() => followers.every((f) => f.offset > 0), 90_000, "every follower to receive output").catch((err: Error) => {
+        const idle = followers.filter((f) => f.offset === 0);
+        throw new Error(`${err.message} (${idle.length} without output: ${[...new Set(idle.map((f) => f.kind))].join(", ")})`);
+      });
       const t0 = performance.now();
       svc!.child.kill("SIGTERM");
       const code = await svc!.exited;
@@ -212,7 +215,11 @@ describe("stopping the service", () => {
       const log = logLines(svc!);
       const stopped = log.find((l) => l.msg === "stopped");
       expect(stopped).toBeDefined();
-      expect(elapsed, `signal to exit; the service's own stop took ${String(stopped!.took_ms)} ms`).toBeLessThan(2_000);
+      // The service's own stop, from the signal's handler to `stopped`, is what it controls.
+      // Signal to exit also includes the time a busy event loop takes to run the handler,
+      // which on a machine loaded by other work was seen at up to ~5 s: bounded loosely.
+      expect(Number(stopped!.took_ms), JSON.stringify(stopped)).toBeLessThan(2_000);
+      expect(elapsed, `signal to exit; the service's own stop: ${JSON.stringify(stopped)}`).toBeLessThan(10_000);
       expect(log.some((l) => String(l.msg).startsWith("waiting for"))).toBe(false);
 
       // Each follower got a final word with the offset it had received up to.
