@@ -183,7 +183,7 @@ describe("stopping the service", () => {
     for (const f of finishFiles) fs.rmSync(f, { force: true });
   });
 
-  it("SIGTERM with 100 followers and 50 detached commands: exits in under 2 s, each follower resumes after the restart with no gap or duplicate", async () => {
+  it("SIGTERM with 100 followers and 50 detached commands: stops in under 2 s, each follower resumes after the restart with no gap or duplicate", async () => {
     // The commands print until the test says (the targets share this host's /tmp), so
     // that they still run at the stop however slow the machine is; lines are numbered.
     const finish = path.join(os.tmpdir(), `fleetrun-stop-${unique()}`);
