@@ -227,8 +227,14 @@ export function buildApp(deps: AppDeps): App {
   );
   fastify.setErrorHandler((err, request, reply) => sendErrorEnvelope(request, reply, err, config.bodyLimit));
 
-  fastify.get("/healthz", async () => ({ status: "ok" }));
+  // While a stop waits for callers' commands the port still answers: 503 tells
+  // load balancers and probes to go elsewhere.
+  fastify.get("/healthz", async (_req, reply) => {
+    if (engine.stopping) return reply.code(503).send({ status: "stopping" });
+    return { status: "ok" };
+  });
   fastify.get("/readyz", async (_req, reply) => {
+    if (engine.stopping) return reply.code(503).send({ status: "stopping" });
     try {
       await stores.ping();
       return { status: "ready" };

@@ -58,6 +58,13 @@ function readTls(config: Config): { cert: Buffer; key: Buffer } | undefined {
   return { cert: read(config.tlsCert, "FLEETRUN_TLS_CERT"), key: read(config.tlsKey, "FLEETRUN_TLS_KEY") };
 }
 
+/** How long open connections get to finish once a stop closes the port, and detached runs to settle (ms). */
+const CLOSE_GRACE_MS = 1_000;
+
+function seconds(ms: number): string {
+  return `${Math.round(ms / 100) / 10} s`;
+}
+
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   if (argv.includes("--help") || argv.includes("-h")) {
@@ -161,30 +168,58 @@ async function main(): Promise<void> {
     retention.unref();
   }
 
-  let stopping = false;
+  // First signal: followers get their final event at once, the port answers
+  // 503 on /healthz while commands with a waiting caller finish (up to the
+  // grace), then everything closes. A second signal cuts the grace short.
+  let signals = 0;
+  const stopNow = new AbortController();
   const stop = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
+    const t0 = Date.now();
     log.info({ signal }, "shutting down");
     if (retention) clearInterval(retention);
     app.health.shutdown();
-    const closed = server.close(config.shutdownGraceMs + config.graceMs + 10_000);
-    await app.engine.shutdown(config.shutdownGraceMs);
-    await closed;
-    await ssh.close();
-    await local.close();
-    await stores.close();
+    await app.engine.shutdown(config.shutdownGraceMs, {
+      stopNow: stopNow.signal,
+      onWaiting: (n) =>
+        log.info(
+          { commands: n, grace_ms: config.shutdownGraceMs },
+          `waiting for ${n} ${n === 1 ? "command with a caller" : "commands with callers"}, up to ${seconds(config.shutdownGraceMs)}; signal again to stop now`,
+        ),
+    });
+    // Followers have ended and callers have their answers: what is still open
+    // is idle or stalled. SSH connections close meanwhile; nothing needs them now.
+    const detached = app.engine.activeRuns;
+    const steps: Record<string, number> = { callers_ms: Date.now() - t0 };
+    const timed = async (name: string, p: Promise<unknown>) => {
+      const s0 = Date.now();
+      await p;
+      steps[name] = Date.now() - s0;
+    };
+    await Promise.all([timed("connections_ms", server.close(stopNow.signal.aborted ? 0 : CLOSE_GRACE_MS)), timed("ssh_ms", ssh.close()), local.close()]);
+    // Detached commands conclude once their connections are gone (output stored, left to re-attach).
+    await timed("settle_ms", app.engine.settled(CLOSE_GRACE_MS));
+    await timed("store_ms", stores.close());
     lock?.release();
-    log.info("stopped");
+    log.info({ detached_left_running: detached, took_ms: Date.now() - t0, ...steps }, "stopped");
   };
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
-    process.once(signal, () => {
-      stop(signal)
-        .then(() => process.exit(0))
-        .catch((err: unknown) => {
-          log.error({ err }, "shutdown failed");
-          process.exit(1);
-        });
+    process.on(signal, () => {
+      signals++;
+      if (signals === 1) {
+        stop(signal)
+          .then(() => process.exit(0))
+          .catch((err: unknown) => {
+            log.error({ err }, "shutdown failed");
+            process.exit(1);
+          });
+      } else if (signals === 2) {
+        log.info({ signal }, "stopping now: commands with callers are cancelled, detached commands are left to re-attach");
+        stopNow.abort();
+        server.closeAllConnections();
+      } else {
+        log.warn({ signal }, "exiting at once");
+        process.exit(1);
+      }
     });
   }
   storesRef = stores;

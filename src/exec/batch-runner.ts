@@ -117,6 +117,7 @@ export class BatchRunner {
 
   /** Validates, resolves machines and stores the batch and its queued commands. Nothing runs yet. */
   async prepare(input: BatchInput, requestedBy: string, sync: boolean): Promise<Prepared> {
+    this.engine.assertAccepting();
     const opts: ValidExecute = this.engine.validate(input);
     let machines: MachineRecord[];
     if (input.machineIds.length > 0 && input.selector) {

@@ -9,7 +9,7 @@
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Admission, CommandLease, CommandSlot, FollowerPermit } from "./admission.ts";
-import { FailedPreconditionError, NotFoundError, TargetError, UnavailableError } from "./errors.ts";
+import { FailedPreconditionError, NotFoundError, ServiceStoppingError, TargetError, UnavailableError } from "./errors.ts";
 import { newId } from "./ids.ts";
 import { OutputBus } from "./output-bus.ts";
 import { FlushClock } from "./flush-clock.ts";
@@ -57,6 +57,14 @@ export interface EngineDeps {
   /** Limits on commands, pending starts, handshakes and followers. */
   admission: Admission;
   observer?: EngineObserver;
+}
+
+/** Hooks of {@link CommandEngine.shutdown}. */
+export interface ShutdownOptions {
+  /** Aborted to cut the grace period short (a second signal): waiting callers' commands are cancelled at once. */
+  stopNow?: AbortSignal;
+  /** Called once, before the grace period, with the number of commands whose caller waits. */
+  onWaiting?(commands: number): void;
 }
 
 export type WatchEvent =
@@ -112,6 +120,9 @@ const SWEEP_MARGIN_MS = 24 * 3_600_000;
 
 const ACTIVE: CommandStatus[] = ["queued", "running"];
 
+/** After a second signal, how long cancelled waiting callers' commands get to end before they are recorded `lost`. */
+const STOP_NOW_WAIT_MS = 1_000;
+
 export class CommandEngine {
   private readonly runs = new Map<string, Run>();
   /** When a detached start last swept each machine's leftover job directories. */
@@ -120,6 +131,8 @@ export class CommandEngine {
   /** Flushes every running command's output together. */
   private readonly flushClock = new FlushClock();
   private accepting = true;
+  /** Aborted when the service starts to stop: every follower ends at once. */
+  private readonly stopFollowers = new AbortController();
 
   private readonly deps: EngineDeps;
 
@@ -133,6 +146,11 @@ export class CommandEngine {
 
   get admission(): Admission {
     return this.deps.admission;
+  }
+
+  /** True once {@link shutdown} began: new commands are refused and followers are ended. */
+  get stopping(): boolean {
+    return !this.accepting;
   }
 
   /** Commands this process is running (for metrics and shutdown). */
@@ -191,7 +209,8 @@ export class CommandEngine {
     };
   }
 
-  private assertAccepting(): void {
+  /** Throws `UnavailableError` once the service is stopping. */
+  assertAccepting(): void {
     if (!this.accepting) throw new UnavailableError("the service is shutting down");
   }
 
@@ -298,6 +317,10 @@ export class CommandEngine {
     this.runs.set(id, run);
     run.finished = work
       .catch(async (err: unknown) => {
+        if (!this.accepting && !run.sync) {
+          // Most likely the stop itself (transport or store closing): leave it for the next start to re-attach.
+          return { ...run.record };
+        }
         this.deps.observer?.warn?.("command engine error", { command_id: id, error: String(err) });
         return this.finish(run, "lost", { errorCode, errorMessage }).catch(() => run.record);
       })
@@ -688,7 +711,10 @@ export class CommandEngine {
    * Follows a command's combined output from `offset`: stored chunks first,
    * then live ones as they are stored, then `end`. A gap left by truncation
    * yields `skipped`. Memory stays bounded whatever the reader's speed: it
-   * reads from the store at its own pace.
+   * reads from the store at its own pace. Once the service stops, it throws
+   * `ServiceStoppingError` carrying the offset the follower has received up
+   * to (after the event it last took) instead of going on, and at once for
+   * a follower that arrives while the service stops.
    */
   async *watch(id: string, offset: number, signal?: AbortSignal, follower?: FollowerPermit): AsyncGenerator<WatchEvent> {
     // A follower's place (refused with ResourceExhaustedError at the limit) until it stops.
@@ -702,9 +728,13 @@ export class CommandEngine {
 
   private async *followOutput(id: string, offset: number, signal?: AbortSignal): AsyncGenerator<WatchEvent> {
     const commands = this.deps.stores.commands;
+    const stop = this.stopFollowers.signal;
+    const wake = signal ? AbortSignal.any([signal, stop]) : stop;
     let record = await commands.get(id);
     if (!record) throw new NotFoundError("command", id, "id");
     let pos = Math.max(0, offset);
+    // A follower that arrives while the service stops is told so at once.
+    if (stop.aborted) throw new ServiceStoppingError(id, pos);
     for (;;) {
       if (signal?.aborted) return;
       const version = this.bus.version(id);
@@ -713,12 +743,15 @@ export class CommandEngine {
         const end = c.offset + c.data.length;
         if (end <= pos) continue;
         if (c.offset > pos) {
-          yield { kind: "skipped", offset: pos, bytes: c.offset - pos };
+          const from = pos;
           pos = c.offset;
+          yield { kind: "skipped", offset: from, bytes: pos - from };
+          if (stop.aborted) throw new ServiceStoppingError(id, pos);
         }
-        const data = c.data.subarray(pos - c.offset);
-        yield { kind: "output", stream: c.stream, offset: pos, data };
+        const from = pos;
         pos = end;
+        yield { kind: "output", stream: c.stream, offset: from, data: c.data.subarray(from - c.offset) };
+        if (stop.aborted) throw new ServiceStoppingError(id, pos);
       }
       if (chunks.length > 0) continue;
       record = await commands.get(id);
@@ -730,7 +763,8 @@ export class CommandEngine {
         yield { kind: "end", command: await this.view(record) };
         return;
       }
-      await this.bus.waitChange(id, version, signal);
+      if (stop.aborted) throw new ServiceStoppingError(id, pos);
+      await this.bus.waitChange(id, version, wake);
     }
   }
 
@@ -815,26 +849,51 @@ export class CommandEngine {
   }
 
   /**
-   * Graceful stop: refuse new commands; let commands whose caller waits
-   * finish for up to `graceMs`, then cancel them and wait for their end.
-   * Detached commands keep running on their targets and are re-attached by
-   * the next start.
+   * Graceful stop. At once: refuse new commands and end every follower
+   * (`ServiceStoppingError` with its resume offset). Then let commands whose
+   * caller waits finish for up to `graceMs` (cut short by `opts.stopNow`),
+   * cancel what is left and wait for it to end (briefly after `stopNow`); one
+   * still without a terminal state is recorded `lost`. Detached commands keep
+   * running on their targets and are re-attached by the next start.
    */
-  async shutdown(graceMs: number): Promise<void> {
+  async shutdown(graceMs: number, opts: ShutdownOptions = {}): Promise<void> {
     this.accepting = false;
+    this.stopFollowers.abort();
+    const now = opts.stopNow;
     const syncRuns = () => [...this.runs.values()].filter((r) => r.sync);
+    if (syncRuns().length > 0 && graceMs > 0 && !now?.aborted) opts.onWaiting?.(syncRuns().length);
     const deadline = Date.now() + graceMs;
-    while (syncRuns().length > 0 && Date.now() < deadline) {
-      await Promise.race([Promise.all(syncRuns().map((r) => r.finished)), sleep(Math.max(0, deadline - Date.now()))]);
+    while (syncRuns().length > 0 && Date.now() < deadline && !now?.aborted) {
+      await Promise.race([Promise.all(syncRuns().map((r) => r.finished)), pause(deadline - Date.now(), now)]);
     }
-    await Promise.all(syncRuns().map((r) => this.requestCancel(r).catch(() => {})));
-    const killDeadline = sleep(this.deps.config.graceMs + 5_000);
-    await Promise.race([Promise.all(syncRuns().map((r) => r.finished)), killDeadline]);
+    const left = syncRuns();
+    if (left.length === 0) return;
+    // Sent without waiting: an unreachable machine must not hold the stop.
+    for (const r of left) this.requestCancel(r).catch(() => {});
+    const ended = Promise.all(left.map((r) => r.finished));
+    await Promise.race([ended, pause(this.deps.config.graceMs + 5_000, now)]);
+    if (now?.aborted) await Promise.race([ended, pause(STOP_NOW_WAIT_MS)]);
     // Whatever sync command still has no terminal state is recorded honestly.
     for (const r of syncRuns()) {
       await this.finish(r, "lost", { errorCode: "service_restarted", errorMessage: "the service stopped before the command ended" }).catch(() => {});
     }
   }
+
+  /**
+   * Resolves once every run of this process has concluded, or after
+   * `timeoutMs`, with the number still going. Once stopping and with the
+   * transports closed, detached runs conclude quickly (output stored, left
+   * for re-attach): wait for that before closing the store.
+   */
+  async settled(timeoutMs: number): Promise<number> {
+    await Promise.race([Promise.all([...this.runs.values()].map((r) => r.finished)), pause(timeoutMs)]);
+    return this.runs.size;
+  }
+}
+
+/** Waits `ms` (at most; less when `signal` aborts). Never rejects, never keeps the process alive. */
+function pause(ms: number, signal?: AbortSignal): Promise<void> {
+  return sleep(Math.max(0, ms), undefined, { ref: false, ...(signal ? { signal } : {}) }).catch(() => {});
 }
 
 /** The light path's process group as the kill script needs it. */

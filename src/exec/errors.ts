@@ -117,6 +117,23 @@ export class ResourceExhaustedError extends FleetError {
 }
 
 /**
+ * Ends a follower (WatchCommand, ExecuteAsync, `/stream`) because the service
+ * is stopping. `resumeOffset` is the byte offset of the combined output log
+ * the follower has received up to: following again from it after the next
+ * start misses nothing and repeats nothing.
+ */
+export class ServiceStoppingError extends UnavailableError {
+  readonly commandId: string;
+  readonly resumeOffset: number;
+  constructor(commandId: string, resumeOffset: number) {
+    super(`the service is stopping: follow command ${commandId} again from offset ${resumeOffset} once it is back`);
+    this.name = "ServiceStoppingError";
+    this.commandId = commandId;
+    this.resumeOffset = resumeOffset;
+  }
+}
+
+/**
  * Why a command could not run, or stopped being observable, on its target.
  * These become `error.code` of a `failed` or `lost` command; they are not
  * thrown at API callers.

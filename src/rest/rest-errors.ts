@@ -4,12 +4,14 @@
  * Body: `{"error": {"code": "<grpc code, snake_case>", "message": "…", "field": "…"}}`,
  * `field` only when known. Connect errors carry the field in the
  * `x-error-field` metadata header set by the service implementations.
+ * A stream ended because the service stops adds `resume_offset` (from the
+ * `fleetrun-resume-offset` trailer): the byte offset to follow again from.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
 import { RestInputError } from "./json-codec.ts";
 
 export interface RestErrorBody {
-  error: { code: string; message: string; field?: string };
+  error: { code: string; message: string; field?: string; resume_offset?: number };
 }
 
 export interface RestError {
@@ -24,6 +26,8 @@ export const errorFieldHeader = "x-error-field";
 
 /** Metadata header of a RESOURCE_EXHAUSTED refusal: seconds to wait; becomes the HTTP `Retry-After`. */
 export const retryAfterHeader = "retry-after";
+/** Metadata trailer carrying the offset a stream ended by a stop resumes from. */
+export const resumeOffsetHeader = "fleetrun-resume-offset";
 
 /** gRPC code names, snake_case, as they appear in REST error bodies. */
 export const codeNames: Readonly<Record<Code, string>> = {
@@ -95,6 +99,8 @@ export function restErrorFrom(err: unknown, bodyLimit?: number): RestError {
     const field = err.metadata.get(errorFieldHeader) ?? undefined;
     const status = httpStatusOfCode[err.code] ?? 500;
     const body = errorBody(codeNames[err.code] ?? "unknown", err.rawMessage, field);
+    const resume = err.metadata.get(resumeOffsetHeader);
+    if (resume !== null && /^\d{1,15}$/.test(resume)) body.error.resume_offset = Number(resume);
     // A refusal at a limit (429): when to retry, in whole seconds.
     const retryAfter = err.metadata.get(retryAfterHeader);
     if (retryAfter !== null && /^\d+$/.test(retryAfter)) return { status, body, headers: { "retry-after": retryAfter } };

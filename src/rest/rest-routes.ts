@@ -22,7 +22,12 @@
  * - a stream answers with a normal HTTP error when the call fails before its
  *   first message; when no message comes within the keepalive interval the
  *   headers are sent anyway, and a later failure ends the stream with an
- *   error frame.
+ *   error frame;
+ * - over SSE, a stop of the service before the first message is still a 200
+ *   stream with the adapter's event (`stopping`), since any other status
+ *   makes EventSource give up instead of reconnecting;
+ * - over SSE, a reconnect whose `Last-Event-ID` shows the client already had
+ *   the last message (the adapter's `endedBefore`) is 204 No Content.
  */
 import type { DescService, Message } from "@bufbuild/protobuf";
 import { reflect } from "@bufbuild/protobuf/reflect";
@@ -194,8 +199,24 @@ async function serveStream(
   let timer: NodeJS.Timeout | undefined;
   const early = await Promise.race([first, new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), keepaliveMs)))]);
   clearTimeout(timer);
-  if (early !== undefined && !early.ok) throw early.error;
+  if (early !== undefined && !early.ok) {
+    const resumable = format === "sse" && adapter?.errorEvent?.(restErrorFrom(early.error, bodyLimit)) !== undefined;
+    if (!resumable) throw early.error;
+  }
   if (signal.aborted) return;
+  if (
+    early?.ok === true &&
+    early.value.done !== true &&
+    format === "sse" &&
+    typeof lastEventId === "string" &&
+    lastEventId !== "" &&
+    adapter?.endedBefore?.(early.value.value, lastEventId) === true
+  ) {
+    // Nothing to send: end the call (it would only repeat the end).
+    iterator.return?.().catch((err: unknown) => request.log.debug({ err }, `closing ${b.method.name} failed`));
+    await reply.code(204).header("cache-control", "no-cache").send();
+    return;
+  }
 
   reply.hijack();
   const output = b.method.output;

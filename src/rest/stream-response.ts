@@ -6,7 +6,10 @@
  *   `id: <id>` (when the adapter gives one) and `data: {"data": <message>}`
  *   per message; `: keepalive` comments while idle.
  * - An error after the stream started ends it with a last
- *   `{"error": {...}}` line (NDJSON) or an `event: error` (SSE).
+ *   `{"error": {...}}` line (NDJSON) or an `event: error` (SSE; the adapter
+ *   may name and id it otherwise, e.g. `event: stopping` with the offset to
+ *   resume from).
+ * - The adapter may add `retry:` reconnection advice to an event.
  *
  * Each frame is written as its message arrives; when the socket buffer is full
  * the writer waits for `drain` before asking for the next message, so a slow
@@ -28,6 +31,26 @@ export interface SseAdapter {
    * call (e.g. sets `offset`). Throws `RestInputError` for a malformed value.
    */
   resume(request: Message, lastEventId: string): void;
+  /** Reconnection advice sent with a message (the SSE `retry:` field, in ms), or undefined for none. */
+  retryMs?(message: Message): number | undefined;
+  /**
+   * How an error that ends a started stream is framed over SSE, or undefined
+   * for the default (`event: error`, no id).
+   */
+  errorEvent?(error: RestError): SseErrorEvent | undefined;
+  /**
+   * True when `first`, the first message of a call made with `Last-Event-ID:
+   * lastEventId`, is the stream's last one and the client had it already: a
+   * reconnect after the end, answered 204 No Content so that EventSource stops.
+   */
+  endedBefore?(first: Message, lastEventId: string): boolean;
+}
+
+/** The SSE framing of a stream-ending error. */
+export interface SseErrorEvent {
+  name: string;
+  id?: string | undefined;
+  retryMs?: number | undefined;
 }
 
 /** An HTTP/1.1 or HTTP/2 (compatibility API) response. */
@@ -107,9 +130,8 @@ export async function pumpStream(o: PumpOptions): Promise<void> {
       if (o.clientGone.aborted) return;
       if (!result.ok) {
         o.onStreamError?.(result.error);
-        const { body } = o.toRestError(result.error);
-        const json = JSON.stringify(body);
-        await write(res, o.format === "sse" ? `event: error\ndata: ${json}\n\n` : `${json}\n`, o.clientGone);
+        const error = o.toRestError(result.error);
+        await write(res, errorFrame(o, error), o.clientGone);
         return;
       }
       if (result.value.done === true) return;
@@ -129,9 +151,21 @@ export async function pumpStream(o: PumpOptions): Promise<void> {
 function frame(o: PumpOptions, message: Message): string {
   const json = JSON.stringify({ data: o.render(message) });
   if (o.format === "ndjson") return `${json}\n`;
-  const name = oneLine(o.adapter?.eventName(message) ?? "message");
-  const id = o.adapter?.eventId(message);
-  return `event: ${name}\n${id === undefined ? "" : `id: ${oneLine(id)}\n`}data: ${json}\n\n`;
+  const name = o.adapter?.eventName(message) ?? "message";
+  return sseEvent(name, o.adapter?.eventId(message), o.adapter?.retryMs?.(message), json);
+}
+
+function errorFrame(o: PumpOptions, error: RestError): string {
+  const json = JSON.stringify(error.body);
+  if (o.format === "ndjson") return `${json}\n`;
+  const e = o.adapter?.errorEvent?.(error);
+  return sseEvent(e?.name ?? "error", e?.id, e?.retryMs, json);
+}
+
+function sseEvent(name: string, id: string | undefined, retryMs: number | undefined, json: string): string {
+  const idLine = id === undefined ? "" : `id: ${oneLine(id)}\n`;
+  const retryLine = retryMs === undefined ? "" : `retry: ${Math.max(0, Math.floor(retryMs))}\n`;
+  return `event: ${oneLine(name)}\n${idLine}${retryLine}data: ${json}\n\n`;
 }
 
 function oneLine(s: string): string {

@@ -4,7 +4,7 @@
  * `internal` error whose details go to the log only.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
-import { FleetError, ResourceExhaustedError, type ErrorCode } from "../exec/errors.ts";
+import { FleetError, ResourceExhaustedError, ServiceStoppingError, type ErrorCode } from "../exec/errors.ts";
 
 /** Response header naming the request field an error is about. */
 export const ERROR_FIELD_HEADER = "x-error-field";
@@ -14,6 +14,12 @@ export const ERROR_FIELD_HEADER = "x-error-field";
  * after which a retry may succeed. REST sends it as `Retry-After`.
  */
 export const RETRY_AFTER_HEADER = "retry-after";
+
+/**
+ * Trailer of a stream ended because the service stops (code UNAVAILABLE):
+ * the byte offset to follow the command again from after the next start.
+ */
+export const RESUME_OFFSET_HEADER = "fleetrun-resume-offset";
 
 const CODES: Record<ErrorCode, Code> = {
   invalid_argument: Code.InvalidArgument,
@@ -39,6 +45,7 @@ export function toConnectError(err: unknown, onInternal?: (err: unknown) => void
     if (err.field) e.metadata.set(ERROR_FIELD_HEADER, err.field);
     // A refusal at a limit says when to come back.
     if (err instanceof ResourceExhaustedError) e.metadata.set(RETRY_AFTER_HEADER, String(err.retryAfterSeconds));
+    if (err instanceof ServiceStoppingError) e.metadata.set(RESUME_OFFSET_HEADER, String(err.resumeOffset));
     return e;
   }
   // An abort of the caller's own request.

@@ -312,6 +312,8 @@ export interface ListeningServer {
    * @param graceMs @default 10_000
    */
   close(graceMs?: number): Promise<void>;
+  /** Destroys every connection and HTTP/2 session now (cuts a `close` in progress short). */
+  closeAllConnections(): void;
 }
 
 /** Readies `app` (from {@link createFastify}) and listens on one port. */
@@ -342,6 +344,9 @@ export async function listenOnePort(app: FastifyInstance, options: OnePortOption
         }
       })();
       return closed;
+    },
+    closeAllConnections(): void {
+      server.closeAllConnections();
     },
   };
 }

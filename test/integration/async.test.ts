@@ -46,7 +46,7 @@ function readStream(url: string, headers: Record<string, string>): Promise<{ sta
 }
 
 /** Parses SSE text into events. */
-function sseEvents(body: string): { event: string; id: string | undefined; data: any }[] {
+function sseEvents(body: string): { event: string; id: string | undefined; retry: string | undefined; data: any }[] {
   return body
     .split("\n\n")
     .filter((b) => b.includes("data:"))
@@ -56,7 +56,7 @@ function sseEvents(body: string): { event: string; id: string | undefined; data:
         const i = line.indexOf(":");
         if (i > 0) f[line.slice(0, i)] = line.slice(i + 1).trimStart();
       }
-      return { event: f.event ?? "message", id: f.id, data: JSON.parse(f.data!) };
+      return { event: f.event ?? "message", id: f.id, retry: f.retry, data: JSON.parse(f.data!) };
     });
 }
 
@@ -179,7 +179,7 @@ describe("async commands", () => {
     }
   });
 
-  it("follows over SSE with ids, honours Last-Event-ID, and after the end sends only the end event", async () => {
+  it("follows over SSE with ids, honours Last-Event-ID, and answers a reconnect after the end with 204", async () => {
     const id = await start({ machine_id: root, command: "for i in 1 2 3; do echo s$i; sleep 0.3; done" });
     const headers = { accept: "text/event-stream", authorization: `Bearer ${svc.token}` };
     const r = await readStream(`${svc.url}/v1/commands/${id}/stream`, headers);
@@ -196,8 +196,15 @@ describe("async commands", () => {
       .join("");
     expect(resumedText).toBe("s1\ns2\ns3\n".slice(Number(firstId)));
     const endId = events.at(-1)!.id!;
-    const afterEnd = sseEvents((await readStream(`${svc.url}/v1/commands/${id}/stream`, { ...headers, "last-event-id": endId })).body);
-    expect(afterEnd.map((e) => e.event)).toEqual(["end"]);
+    expect(endId).toBe(String(Buffer.byteLength("s1\ns2\ns3\n")));
+    expect(events.at(-1)!.retry).toBe("60000");
+    // What an EventSource left open after `end` sends: 204 tells it to stop reconnecting.
+    const afterEnd = await readStream(`${svc.url}/v1/commands/${id}/stream`, { ...headers, "last-event-id": endId });
+    expect(afterEnd.status).toBe(204);
+    expect(afterEnd.body).toBe("");
+    // Short of the end offset, the rest and the end come as usual.
+    const beforeEnd = sseEvents((await readStream(`${svc.url}/v1/commands/${id}/stream`, { ...headers, "last-event-id": String(Number(endId) - 3) })).body);
+    expect(beforeEnd.map((e) => e.event)).toEqual(["output", "end"]);
     // EventSource cannot set headers: the token may travel as access_token.
     const viaQuery = await readStream(`${svc.url}/v1/commands/${id}/stream?access_token=${svc.token}`, { accept: "text/event-stream" });
     expect(viaQuery.status).toBe(200);

@@ -2,7 +2,9 @@
  * Server-streaming REST routes (`GET /v1/commands/{id}/stream` -> WatchCommand)
  * on a real fastify server with real HTTP/1.1 clients: NDJSON and SSE framing,
  * Last-Event-ID resume, keepalives, errors before and after the first message,
- * access_token, abort on disconnect and backpressure.
+ * access_token, abort on disconnect and backpressure; a stop of the service
+ * (final line / `stopping` event with the offset to resume from), `retry` on
+ * `end` and 204 for a reconnect after the end.
  */
 import { request as httpRequest } from "node:http";
 import { connect as http2Connect, constants as h2constants } from "node:http2";
@@ -69,6 +71,11 @@ const transport = createRouterTransport(({ service }) => {
           yield output(6, "second\n", OutputStream.STDERR);
           yield end(13);
           return;
+        case "cmd_stopping":
+          yield output(0, "partial\n");
+          throw new ConnectError("the service is stopping", Code.Unavailable, { "fleetrun-resume-offset": "8" });
+        case "cmd_stopping_early":
+          throw new ConnectError("the service is stopping", Code.Unavailable, { "fleetrun-resume-offset": String(req.offset) });
         case "cmd_fail_mid":
           yield output(0, "partial\n");
           throw new ConnectError("connection to the machine was lost", Code.Unavailable, { "x-error-field": "machine_id" });
@@ -203,6 +210,28 @@ describe("NDJSON", () => {
     ]);
   });
 
+  it("a stop of the service ends the stream with a final {error} line carrying the offset to resume from", async () => {
+    const res = await fetch(`${base}/v1/commands/cmd_stopping/stream`);
+    expect(res.status).toBe(200);
+    const lines = (await res.text()).trim().split("\n").map((l) => JSON.parse(l));
+    expect(lines).toEqual([
+      { data: { output: { stream: "stdout", offset: 0, data: "partial\n" } } },
+      { error: { code: "unavailable", message: "the service is stopping", resume_offset: 8 } },
+    ]);
+  });
+
+  it("a stop before the first message is a 503 carrying the offset to resume from", async () => {
+    const res = await fetch(`${base}/v1/commands/cmd_stopping_early/stream?offset=5`);
+    expect(res.status).toBe(503);
+    expect(await res.json()).toEqual({ error: { code: "unavailable", message: "the service is stopping", resume_offset: 5 } });
+  });
+
+  it("Last-Event-ID at the end offset is not a reason for 204 over NDJSON", async () => {
+    const res = await fetch(`${base}/v1/commands/cmd_done/stream`, { headers: { "last-event-id": "12" } });
+    expect(res.status).toBe(200);
+    expect((await res.text()).trim().split("\n").map((l) => Object.keys(JSON.parse(l).data)[0])).toEqual(["end"]);
+  });
+
   it("bad query parameters are 400 before anything streams", async () => {
     const res = await fetch(`${base}/v1/commands/cmd_done/stream?offset=-x`);
     expect(res.status).toBe(400);
@@ -221,20 +250,46 @@ describe("Server-Sent Events", () => {
     const events = text.split("\n\n").filter((e) => e !== "");
     expect(events[0]).toBe(`event: output\nid: 6\ndata: {"data":{"output":{"stream":"stdout","offset":0,"data":"hello\\n"}}}`);
     expect(events[1]).toBe(`event: output\nid: 12\ndata: {"data":{"output":{"stream":"stdout","offset":6,"data":"world\\n"}}}`);
-    expect(events[2]).toMatch(/^event: end\nid: 12\ndata: \{"data":\{"end":\{"id":"cmd_done",/);
+    // The end advises a late reconnect (answered 204 below).
+    expect(events[2]).toMatch(/^event: end\nid: 12\nretry: 60000\ndata: \{"data":\{"end":\{"id":"cmd_done",/);
     expect(events).toHaveLength(3);
   });
 
-  it("Last-Event-ID resumes from that offset; after the end only the end event comes", async () => {
+  it("Last-Event-ID resumes from that offset", async () => {
     const res = await fetch(`${base}/v1/commands/cmd_done/stream`, { headers: { ...sse, "last-event-id": "6" } });
     const events = (await res.text()).split("\n\n").filter((e) => e !== "");
     expect(lastWatch("cmd_done")?.req.offset).toBe(6n);
     expect(events.map((e) => e.split("\n")[0])).toEqual(["event: output", "event: end"]);
     expect(events[0]).toContain('"offset":6');
+  });
 
-    const again = await fetch(`${base}/v1/commands/cmd_done/stream`, { headers: { ...sse, "last-event-id": "12" } });
-    const after = (await again.text()).split("\n\n").filter((e) => e !== "");
-    expect(after.map((e) => e.split("\n")[0])).toEqual(["event: end"]);
+  it("a reconnect with Last-Event-ID at or after the end offset is 204, so EventSource stops", async () => {
+    for (const id of ["12", "99"]) {
+      const again = await fetch(`${base}/v1/commands/cmd_done/stream`, { headers: { ...sse, "last-event-id": id } });
+      expect(again.status, id).toBe(204);
+      expect(await again.text()).toBe("");
+    }
+    // Before the end offset the client still misses the end: it gets it.
+    const before = await fetch(`${base}/v1/commands/cmd_done/stream`, { headers: { ...sse, "last-event-id": "11" } });
+    expect(before.status).toBe(200);
+    expect((await before.text()).split("\n\n").filter((e) => e !== "").map((e) => e.split("\n")[0])).toEqual(["event: end"]);
+    // A new EventSource (no Last-Event-ID) replays the finished command.
+    const fresh = await fetch(`${base}/v1/commands/cmd_done/stream?offset=12`, { headers: sse });
+    expect(fresh.status).toBe(200);
+  });
+
+  it("a stop of the service is a `stopping` event whose id is the offset to resume from", async () => {
+    const res = await fetch(`${base}/v1/commands/cmd_stopping/stream`, { headers: sse });
+    const events = (await res.text()).split("\n\n").filter((e) => e !== "");
+    expect(events.at(-1)).toBe(
+      'event: stopping\nid: 8\nretry: 2000\ndata: {"error":{"code":"unavailable","message":"the service is stopping","resume_offset":8}}',
+    );
+    // Before the first message too: a 200 stream, since any other status makes EventSource give up.
+    const early = await fetch(`${base}/v1/commands/cmd_stopping_early/stream`, { headers: { ...sse, "last-event-id": "3" } });
+    expect(early.status).toBe(200);
+    expect(await early.text()).toBe(
+      'event: stopping\nid: 3\nretry: 2000\ndata: {"error":{"code":"unavailable","message":"the service is stopping","resume_offset":3}}\n\n',
+    );
   });
 
   it("a malformed Last-Event-ID is 400", async () => {
