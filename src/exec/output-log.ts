@@ -27,10 +27,8 @@ interface TailEntry {
 export interface OutputLogOptions {
   /** Bytes stored per stream: the first half and the last half are kept. */
   capPerStream: number;
-  /** Coalescing window before a write is stored, in ms (without a `clock`). */
-  flushDelayMs?: number;
-  /** The process-wide clock that flushes every log's output together (replaces `flushDelayMs`). */
-  clock?: FlushClock;
+  /** The process-wide clock that flushes every log's output together (the coalescing window). */
+  clock: FlushClock;
   /** Called after each stored write with the new total of the log. */
   onStored?: (logBytes: number) => void;
   /**
@@ -52,7 +50,6 @@ export class OutputLog implements Flushable {
   private pendingBytes = 0;
   private drops: number[] = [];
   private flushing: Promise<void> | null = null;
-  private timer: NodeJS.Timeout | null = null;
   private failure: unknown = null;
   private mirror: Record<OutputStreamName, Buffer[]> | null;
 
@@ -132,13 +129,8 @@ export class OutputLog implements Flushable {
     }
     if (this.pendingBytes >= this.maxChunk * 4) {
       await this.flush();
-    } else if (this.options.clock) {
+    } else {
       this.options.clock.schedule(this);
-    } else if (!this.timer) {
-      this.timer = setTimeout(() => {
-        this.timer = null;
-        this.flush().catch(() => {});
-      }, this.options.flushDelayMs ?? 25);
     }
   }
 
@@ -191,11 +183,7 @@ export class OutputLog implements Flushable {
 
   /** Stores everything appended so far. */
   async flush(): Promise<void> {
-    if (this.timer) {
-      clearTimeout(this.timer);
-      this.timer = null;
-    }
-    this.options.clock?.cancel(this);
+    this.options.clock.cancel(this);
     while (this.flushing) await this.flushing;
     if (this.failure) throw this.failure;
     if (this.pending.length === 0 && this.drops.length === 0) return;
@@ -227,10 +215,8 @@ export class OutputLog implements Flushable {
     await this.flushing;
   }
 
-  /** Stops the background timer (after a final flush). */
+  /** Leaves the clock (after a final flush). */
   close(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
-    this.options.clock?.cancel(this);
+    this.options.clock.cancel(this);
   }
 }

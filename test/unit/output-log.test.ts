@@ -34,7 +34,7 @@ function text(chunks: Map<number, OutputChunkRecord>, stream: "stdout" | "stderr
 describe("OutputLog", () => {
   it("assigns contiguous offsets across both streams in arrival order and coalesces small writes", async () => {
     const m = memoryStore();
-    const log = OutputLog.fresh(m.store, "cmd_x", { capPerStream: 1 << 20 });
+    const log = OutputLog.fresh(m.store, "cmd_x", { capPerStream: 1 << 20, clock: new FlushClock() });
     await log.append("stdout", Buffer.from("ab"));
     await log.append("stdout", Buffer.from("cd"));
     await log.append("stderr", Buffer.from("E"));
@@ -53,7 +53,7 @@ describe("OutputLog", () => {
   it("keeps the head and the tail of each stream within the cap and drops the middle", async () => {
     const m = memoryStore();
     const cap = 1024;
-    const log = OutputLog.fresh(m.store, "cmd_x", { capPerStream: cap });
+    const log = OutputLog.fresh(m.store, "cmd_x", { capPerStream: cap, clock: new FlushClock() });
     let all = "";
     for (let i = 0; i < 2000; i++) {
       const line = `line ${i}\n`;
@@ -79,11 +79,11 @@ describe("OutputLog", () => {
   it("continues after a restart from the stored counters and tail", async () => {
     const m = memoryStore();
     const cap = 256;
-    const a = OutputLog.fresh(m.store, "cmd_x", { capPerStream: cap });
+    const a = OutputLog.fresh(m.store, "cmd_x", { capPerStream: cap, clock: new FlushClock() });
     for (let i = 0; i < 100; i++) await a.append("stdout", Buffer.from(`${i % 10}`.repeat(10)));
     await a.flush();
     const stored = m.counters()!;
-    const b = await OutputLog.restore(m.store, "cmd_x", stored, { capPerStream: cap });
+    const b = await OutputLog.restore(m.store, "cmd_x", stored, { capPerStream: cap, clock: new FlushClock() });
     expect(b.received).toEqual({ stdout: 1000, stderr: 0 });
     for (let i = 0; i < 50; i++) await b.append("stdout", Buffer.from("z".repeat(10)));
     await b.flush();

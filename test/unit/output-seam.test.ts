@@ -1,5 +1,6 @@
 /** Joining stored output: the seam of a truncated stream is marked where the middle was dropped. */
 import { describe, expect, it } from "vitest";
+import { FlushClock } from "../../src/exec/flush-clock.ts";
 import { OutputLog } from "../../src/exec/output-log.ts";
 import { joinStoredOutput, seamMarker } from "../../src/exec/output-seam.ts";
 import type { CommandStore, OutputChunkRecord, OutputCounters } from "../../src/exec/ports.ts";
@@ -25,7 +26,7 @@ const lines = (prefix: string, n: number) => Array.from({ length: n }, (_, i) =>
 /** Writes both streams interleaved in small pieces through a real OutputLog. */
 async function storeInterleaved(cap: number, out: string, err: string) {
   const m = memoryStore();
-  const log = OutputLog.fresh(m.store, "cmd_x", { capPerStream: cap, flushDelayMs: 1 });
+  const log = OutputLog.fresh(m.store, "cmd_x", { capPerStream: cap, clock: new FlushClock({ minIntervalMs: 1 }) });
   const step = 37;
   for (let i = 0; i < Math.max(out.length, err.length); i += step) {
     if (i < out.length) await log.append("stdout", Buffer.from(out.slice(i, i + step)));
