@@ -45,6 +45,7 @@ function machine(overrides: Partial<MachineRecord> = {}): MachineRecord {
     password: null,
     hostKeyFingerprint: "SHA256:abc",
     hostKeyAlgorithm: "ssh-ed25519",
+    hostKeyPolicy: "pinned",
     labels: { env: "prod" },
     createdAt: at,
     updatedAt: at,
