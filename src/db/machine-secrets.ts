@@ -109,6 +109,22 @@ export async function prepareMachineSecrets(ctx: DbContext, codec: MachineSecret
   });
 }
 
+/**
+ * After clear text (or values under a retired key) was overwritten: rewrite
+ * the file so the old bytes do not linger in free pages or the WAL (SQLite:
+ * VACUUM, then a truncating checkpoint; PostgreSQL: VACUUM FULL of the
+ * table). Copies made before (backups, PostgreSQL's WAL archive) keep them.
+ */
+export async function compactMachines(ctx: DbContext): Promise<void> {
+  const conn = ctx.fork().getConnection();
+  if (ctx.driver === "sqlite") {
+    await conn.execute("vacuum");
+    await conn.execute("pragma wal_checkpoint(TRUNCATE)");
+  } else {
+    await conn.execute("vacuum full machines");
+  }
+}
+
 export interface RotationReport {
   machines: number;
   /** Values re-sealed under the newest key. */

@@ -16,7 +16,7 @@ import type { CommandHotPath } from "./command-hot-path.ts";
 import { SqlCommandStore } from "./command-store.ts";
 import type { DbContext, DriverName } from "./db-context.ts";
 import { ENTITIES } from "./entities.ts";
-import { MachineSecretCodec, prepareMachineSecrets, rotateMachineSecrets, type PrepareReport, type RotationReport } from "./machine-secrets.ts";
+import { MachineSecretCodec, compactMachines, prepareMachineSecrets, rotateMachineSecrets, type PrepareReport, type RotationReport } from "./machine-secrets.ts";
 import { OrmMachineStore } from "./machine-store.ts";
 import { POSTGRESQL_MIGRATIONS, SQLITE_MIGRATIONS } from "./migrations/index.ts";
 import { PgHotPath, type PgPool } from "./pg-hot-path.ts";
@@ -93,6 +93,7 @@ export async function openStores(config: DbConfig): Promise<OpenedStores> {
   let secretsReport: PrepareReport;
   try {
     secretsReport = await prepareMachineSecrets(ctx, codec);
+    if (secretsReport.sealed > 0) await compactMachines(ctx);
   } catch (err) {
     await orm.close(true);
     throw err;
@@ -102,7 +103,11 @@ export async function openStores(config: DbConfig): Promise<OpenedStores> {
     commands,
     machines: new OrmMachineStore(ctx, hot, codec),
     secretsReport,
-    rotateSecrets: () => rotateMachineSecrets(ctx, codec),
+    async rotateSecrets() {
+      const report = await rotateMachineSecrets(ctx, codec);
+      if (report.resealed > 0) await compactMachines(ctx);
+      return report;
+    },
     batches: new OrmBatchStore(ctx),
     async ping() {
       await ctx.fork().getConnection().execute("select 1");
@@ -114,6 +119,22 @@ export async function openStores(config: DbConfig): Promise<OpenedStores> {
       await orm.close(true);
     },
   };
+}
+
+/**
+ * Applies the migrations up to and including `to`, and nothing else: a test
+ * of a later migration starts from the schema and rows an older version left.
+ */
+export async function migrateTo(config: DbConfig, to: string): Promise<void> {
+  const orm = driverFor(config.databaseUrl) === "sqlite" ? await openSqlite(config) : await openPostgres(config);
+  try {
+    if (config.schema !== undefined && config.databaseUrl !== undefined) {
+      await orm.em.fork().getConnection().execute(`create schema if not exists "${config.schema}"`);
+    }
+    await orm.migrator.up({ to });
+  } finally {
+    await orm.close(true);
+  }
 }
 
 async function openSqlite(config: DbConfig): Promise<MikroORM> {
