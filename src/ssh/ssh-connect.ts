@@ -426,7 +426,7 @@ async function connectOnce(
       if (err instanceof HostKeyRejected) {
         const seen = { fingerprint: err.fingerprint, keyType: err.keyType };
         if (recorded === null) {
-          throw new TargetError("host_key_mismatch", `host key of ${dest} was not recorded: the machine is no longer tofu (its policy changed meanwhile); nothing was sent`, target.id, { presentedHostKey: seen });
+          throw new TargetError("host_key_mismatch", `host key of ${dest} was not recorded (the machine is no longer tofu, or there is no store to record it in): nothing was sent`, target.id, { presentedHostKey: seen });
         }
         settings.trust.mismatch(target.id, recorded, seen);
         throw new TargetError(
