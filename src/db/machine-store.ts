@@ -13,7 +13,8 @@ import type { HostKeyPolicy, MachineListQuery, MachineRecord, MachineStore } fro
 import type { CommandHotPath } from "./command-hot-path.ts";
 import { toDate, type DbContext } from "./db-context.ts";
 import { MachineEntity } from "./entities.ts";
-import type { MachineSecretCodec } from "./machine-secrets.ts";
+import { SecretOpenError } from "../secrets/index.ts";
+import type { MachineSecretCodec, SecretColumn } from "./machine-secrets.ts";
 import type { MachineRow } from "./tables.ts";
 
 type Machine = InferEntity<typeof MachineEntity>;
@@ -113,11 +114,28 @@ export class OrmMachineStore implements MachineStore {
   }
 
   #fromEntity(e: Machine): MachineRecord {
-    return fromEntity(e, (column, value) => this.#secrets.open(e.id, column, value));
+    return fromEntity(e, (column, value) => this.#open(e.id, column, value));
   }
 
   #fromRow(r: MachineRow): MachineRecord {
-    return fromRow(r, (column, value) => this.#secrets.open(r.id, column, value));
+    return fromRow(r, (column, value) => this.#open(r.id, column, value));
+  }
+
+  /**
+   * A value that does not open here (another replica sealed it under a key
+   * this one lacks, or the row was altered since the start) fails the request
+   * with a message naming the machine and the key id, never a bare 500.
+   */
+  #open(id: string, column: SecretColumn, value: string | null): string | null {
+    try {
+      return this.#secrets.open(id, column, value);
+    } catch (err) {
+      if (!(err instanceof SecretOpenError)) throw err;
+      throw new FleetError(
+        "failed_precondition",
+        `the stored ${column} of machine ${id} ${err.message}: every replica needs the same FLEETRUN_SECRET_KEY (or key file)`,
+      );
+    }
   }
 
   /** Turns a unique violation into AlreadyExistsError naming the field; rethrows the rest. */

@@ -11,7 +11,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { openStores, type DbConfig } from "../../src/db/index.ts";
+import { secretContext } from "../../src/db/machine-secrets.ts";
 import { migrateTo } from "../../src/db/open-stores.ts";
+import { FleetError } from "../../src/exec/errors.ts";
 import type { MachineRecord } from "../../src/exec/ports.ts";
 import { SecretBox, SecretKeyError, keyIdOf } from "../../src/secrets/index.ts";
 import { createTestSchema, postgresSkipReason } from "../fixtures/postgres.ts";
@@ -126,6 +128,28 @@ for (const [name, skip, target] of [
         const again = await openStores({ ...t.config, secrets: new SecretBox([k1], "FLEETRUN_SECRET_KEY") });
         expect((await again.machines.get("mach_a"))?.password).toMatch(/^canary-password-/);
         await again.close();
+      } finally {
+        await t.cleanup();
+      }
+    });
+
+    it("a value sealed meanwhile under a key this process lacks fails the read by name, not with garbage or a bare 500", async () => {
+      const t = await target();
+      try {
+        const [k1, k2] = [newKey(), newKey()];
+        const stores = await openStores({ ...t.config, secrets: new SecretBox([k1], "FLEETRUN_SECRET_KEY") });
+        await stores.machines.create(machine("mach_a", { password: canary("password") }));
+        // Another replica, already on a newer key, rewrites the password.
+        const other = new SecretBox([k2], "FLEETRUN_SECRET_KEY").seal("new password", secretContext("mach_a", "password"));
+        await rawSql(t.config, "update machines set password = ? where id = ?", [other, "mach_a"]);
+        const err = await stores.machines.get("mach_a").then(
+          () => null,
+          (e: unknown) => e,
+        );
+        expect(err).toBeInstanceOf(FleetError);
+        expect(err).toMatchObject({ code: "failed_precondition" });
+        expect((err as Error).message).toContain(`sealed under key ${keyIdOf(k2)}, which is not configured`);
+        await stores.close();
       } finally {
         await t.cleanup();
       }
