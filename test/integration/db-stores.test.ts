@@ -78,6 +78,7 @@ function command(machineId: string, overrides: Partial<CommandRecord> = {}): Com
     errorMessage: null,
     batchId: null,
     requestedBy: "admin",
+    cancelledBy: null,
     runner: null,
     sync: false,
     ...overrides,
