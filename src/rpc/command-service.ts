@@ -3,7 +3,7 @@
  * done by the CommandEngine.
  */
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import {
   CancelCommandResponseSchema,
   CommandEventSchema,
@@ -22,10 +22,9 @@ import { InvalidArgumentError, NotFoundError } from "../exec/errors.ts";
 import type { CommandStore } from "../exec/ports.ts";
 import { parseIsoInstant } from "../exec/iso-time.ts";
 import type { ExecuteInput } from "../exec/validate.ts";
-import { callerFrom, principalFrom, type Principal } from "./auth.ts";
-import type { Caller } from "../exec/caller.ts";
-import { commandVisible } from "../exec/caller.ts";
+import { commandVisible, type Caller } from "../exec/caller.ts";
 import { allMachines, machineInScope } from "../exec/scope.ts";
+import { callerFrom, principalFrom, type Principal } from "./auth.ts";
 import { serverStream as stream, unary } from "./wrap.ts";
 import { commandToProto, historyItemToProto, statusFromName, statusToProto } from "./mapping.ts";
 import type { BatchHandlers } from "./batch-handlers.ts";

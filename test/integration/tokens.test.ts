@@ -9,6 +9,7 @@ import { createHash } from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { status as GrpcStatus, type ServiceError } from "@grpc/grpc-js";
 import { CommandService } from "../../src/gen/fleetrun/v1/command_pb.js";
@@ -48,6 +49,7 @@ describe.each(dbs)("tokens on %s", (db) => {
   let prodCommand: string;
   let prodBatch: string;
   const clients: GrpcClient[] = [];
+  let logs = "";
 
   /** Creates a token as admin; returns its id and secret. */
   async function token(body: Record<string, unknown>): Promise<{ id: string; secret: string; body: any }> {
@@ -70,7 +72,13 @@ describe.each(dbs)("tokens on %s", (db) => {
   }
 
   beforeAll(async () => {
-    svc = await startService({ db });
+    const sink = new Writable({
+      write(chunk, _enc, cb) {
+        logs += chunk.toString();
+        cb();
+      },
+    });
+    svc = await startService({ db, logStream: sink });
     const g = unique();
     stg1 = await registerMachine(svc, fleet, { index: 21, labels: { env: "staging", group: g } });
     stg2 = await registerMachine(svc, fleet, { index: 22, labels: { env: "staging", group: g } });
@@ -160,6 +168,10 @@ describe.each(dbs)("tokens on %s", (db) => {
     const dup = await svc.rest("POST", "/v1/tokens", { name, scope: { actions: ["read"] } });
     expect(dup.status).toBe(409);
     expect(dup.body.error.field).toBe("name");
+    // Used in a header, a query parameter and after revocation: never in a log line.
+    expect(logs).toContain(t.id);
+    expect(logs).not.toContain(secret.slice(-43));
+    expect(logs).not.toContain(svc.token);
   });
 
   it("refuses malformed token requests naming the field, and the bootstrap token's revocation", async () => {
