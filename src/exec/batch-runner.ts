@@ -121,7 +121,6 @@ export class BatchRunner {
     this.config = config;
   }
 
-  /** Validates, resolves machines and stores the batch and its queued commands. Nothing runs yet. */
   /**
    * Validates, checks the caller's scope (every machine must be in it, or the
    * batch runs on none), resolves machines and stores the batch and its

@@ -728,15 +728,16 @@ export class CommandEngine {
       const ok = await this.deps.stores.commands.transition(id, ["queued"], { status: "cancelled", finishedAt: new Date(), cancelledBy: by });
       if (ok) return;
     }
-    await this.noteCanceller(record, undefined, by);
     if (!record.runner) throw new FailedPreconditionError(`command ${id} is not running on its target`);
     const machine = await this.resolveMachine(record.machineId);
     const target = this.targetOf(machine);
     if (record.runner.mode === "direct") {
       if (!record.runner.pgid) throw new FailedPreconditionError(`command ${id} is not running on its target`);
+      await this.noteCanceller(record, undefined, by);
       await killGroup(this.transportFor(target), target, groupOf(record.runner), record.runner.user, this.deps.config.graceMs);
       return;
     }
+    await this.noteCanceller(record, undefined, by);
     const r = await cancelJob(this.transportFor(target), target, record.runner.jobDir, record.runner.user, this.deps.config.graceMs);
     if (r === "gone") throw new FailedPreconditionError(`command ${id} is not running on its target`);
   }
