@@ -81,7 +81,7 @@ function tokenFields(t: TokenRecord) {
     lastUsedAt: ts(t.lastUsedAt),
     revokedAt: ts(t.revokedAt),
     limits: limitsToProto(t.limits),
-    createdBy: t.createdBy ?? "",
+    ...(t.createdBy !== null ? { createdBy: t.createdBy } : {}),
   };
 }
 

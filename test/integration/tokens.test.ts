@@ -128,6 +128,7 @@ describe.each(dbs)("tokens on %s", (db) => {
     expect(list.text).not.toContain(secret);
     expect(list.body.data.map((x: any) => x.name)).toEqual(expect.arrayContaining(["admin", name]));
     expect(list.body.meta.total).toBe(list.body.data.length);
+    expect(list.body.data.find((x: any) => x.name === "admin")).toMatchObject({ created_by: null, scope: { actions: ["read", "execute", "cancel", "admin"], run_as: null } });
 
     // Only the SHA-256 digest is stored; the bootstrap admin token too.
     const stored = await svc.stores.tokens.get(t.id);
@@ -262,6 +263,12 @@ describe.each(dbs)("tokens on %s", (db) => {
     expect(sse.status).toBe(404);
     expect(await sse.text()).not.toContain("prod-secret");
     expect((await grpcError(c.unary(CommandService.method.getCommand, { id: prodCommand }))).code).toBe(GrpcStatus.NOT_FOUND);
+    const watch = c.stream(CommandService.method.watchCommand, { id: prodCommand });
+    const watched: unknown[] = [];
+    watch.on("data", (d) => watched.push(d));
+    const watchErr = await new Promise<ServiceError>((resolve) => watch.on("error", resolve));
+    expect(watchErr.code).toBe(GrpcStatus.NOT_FOUND);
+    expect(watched).toEqual([]);
     await notFound("GET", `/v1/batches/${prodBatch}`, undefined, prodBatch);
     await notFound("DELETE", `/v1/batches/${prodBatch}`, undefined, prodBatch);
 

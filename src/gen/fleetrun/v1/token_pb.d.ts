@@ -144,11 +144,11 @@ export declare type Token = Message<"fleetrun.v1.Token"> & {
   limits?: TokenLimits | undefined;
 
   /**
-   * Name of the token that created it (empty for the bootstrap admin token).
+   * Name of the token that created it (null for the bootstrap admin token).
    *
-   * @generated from field: string created_by = 9;
+   * @generated from field: optional string created_by = 9;
    */
-  createdBy: string;
+  createdBy?: string | undefined;
 };
 
 /**
@@ -204,9 +204,9 @@ export declare type CreatedToken = Message<"fleetrun.v1.CreatedToken"> & {
   limits?: TokenLimits | undefined;
 
   /**
-   * @generated from field: string created_by = 9;
+   * @generated from field: optional string created_by = 9;
    */
-  createdBy: string;
+  createdBy?: string | undefined;
 
   /**
    * The bearer secret (`frt_…`). Shown once; only its hash is stored.
