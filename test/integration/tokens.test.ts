@@ -12,6 +12,7 @@ import path from "node:path";
 import { Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { status as GrpcStatus, type ServiceError } from "@grpc/grpc-js";
+import { createFleetrunClient } from "../../src/client/index.ts";
 import { CommandService } from "../../src/gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "../../src/gen/fleetrun/v1/machine_pb.js";
 import { postgresSkipReason } from "../fixtures/postgres.ts";
@@ -173,6 +174,28 @@ describe.each(dbs)("tokens on %s", (db) => {
     expect(logs).toContain(t.id);
     expect(logs).not.toContain(secret.slice(-43));
     expect(logs).not.toContain(svc.token);
+  });
+
+  it("the typed client manages tokens over gRPC, and a new token is refused what its scope lacks", async () => {
+    const admin = createFleetrunClient({ baseUrl: svc.url, token: svc.token, protocol: "grpc" });
+    try {
+      const name = `typed-${unique()}`;
+      const created = await admin.tokens.createToken({ name, scope: { actions: ["read"], machineIds: [stg1] } });
+      expect(created.token).toMatch(/^frt_/);
+      expect((await admin.tokens.getToken({ id: created.id })).name).toBe(name);
+      const reader = createFleetrunClient({ baseUrl: svc.url, token: created.token, protocol: "grpc" });
+      try {
+        expect((await reader.machines.listMachines({})).data.map((m) => m.id)).toEqual([stg1]);
+        await expect(reader.commands.execute({ machineId: stg1, command: "true" })).rejects.toMatchObject({ code: 7 });
+        await expect(reader.tokens.listTokens({})).rejects.toMatchObject({ code: 7 });
+        await admin.tokens.revokeToken({ id: created.id });
+        await expect(reader.machines.listMachines({})).rejects.toMatchObject({ code: 16 });
+      } finally {
+        reader.close();
+      }
+    } finally {
+      admin.close();
+    }
   });
 
   it("refuses malformed token requests naming the field, and the bootstrap token's revocation", async () => {
