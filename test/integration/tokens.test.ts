@@ -16,7 +16,18 @@ import { createFleetrunClient } from "../../src/client/index.ts";
 import { CommandService } from "../../src/gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "../../src/gen/fleetrun/v1/machine_pb.js";
 import { postgresSkipReason } from "../fixtures/postgres.ts";
-import { GrpcClient, eventually, registerMachine, restClient, startService, type DbKind, type TestService } from "../fixtures/service.ts";
+import {
+  GrpcClient,
+  eventually,
+  freePort,
+  registerMachine,
+  restClient,
+  spawnService,
+  startService,
+  type DbKind,
+  type ServiceProcess,
+  type TestService,
+} from "../fixtures/service.ts";
 
 const fleet = inject("sshFleet");
 const pgSkip = await postgresSkipReason();
@@ -470,5 +481,67 @@ describe.each(dbs)("tokens on %s", (db) => {
       await r.text();
       return r.status === 200;
     }, 10_000, "a stream place back");
+  });
+});
+
+describe("tokens across restarts of the service process (SQLite)", () => {
+  let dataDir: string;
+  let svc: ServiceProcess | null = null;
+
+  async function start(adminToken: string): Promise<ServiceProcess> {
+    svc = await spawnService({ FLEETRUN_DATA_DIR: dataDir, FLEETRUN_ADMIN_TOKEN: adminToken }, await freePort());
+    return svc;
+  }
+  async function stop(): Promise<void> {
+    if (svc && svc.child.exitCode === null) {
+      svc.child.kill("SIGTERM");
+      await svc.exited;
+    }
+    svc = null;
+  }
+
+  beforeAll(() => {
+    dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "fleetrun-tokens-"));
+  });
+  afterAll(async () => {
+    if (svc && svc.child.exitCode === null) {
+      svc.child.kill("SIGKILL");
+      await svc.exited;
+    }
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it("keeps created tokens; the bootstrap token is the one configured at the last start, stored as a digest", { timeout: 180_000 }, async () => {
+    const first = "first-admin-token-0123456789";
+    const second = "second-admin-token-0123456789";
+    let s = await start(first);
+    const created = await restClient(s.url, first)("POST", "/v1/tokens", { name: "kept", scope: { actions: ["read"] } });
+    expect(created.status, created.text).toBe(201);
+    const kept: string = created.body.data.token;
+    expect((await restClient(s.url, kept)("GET", "/v1/machines")).status).toBe(200);
+    await stop();
+
+    s = await start(second);
+    expect((await restClient(s.url, first)("GET", "/v1/machines")).status).toBe(401);
+    expect((await restClient(s.url, kept)("GET", "/v1/machines")).status).toBe(200);
+    const list = await restClient(s.url, second)("GET", "/v1/tokens");
+    expect(list.status).toBe(200);
+    expect(list.body.data.filter((t: any) => t.name === "admin")).toHaveLength(1);
+    await stop();
+
+    // Unset: generated into the data dir (0600), and stored the same way.
+    s = await start("");
+    const file = path.join(dataDir, "admin-token");
+    expect(fs.statSync(file).mode & 0o777).toBe(0o600);
+    const generated = fs.readFileSync(file, "utf8").trim();
+    expect(generated).toMatch(/^frt_/);
+    expect((await restClient(s.url, generated)("GET", "/v1/tokens")).status).toBe(200);
+    expect((await restClient(s.url, second)("GET", "/v1/machines")).status).toBe(401);
+    expect((await restClient(s.url, kept)("GET", "/v1/machines")).status).toBe(200);
+    await stop();
+    const bytes = Buffer.concat(
+      ["fleetrun.db", "fleetrun.db-wal"].map((f) => path.join(dataDir, f)).filter((f) => fs.existsSync(f)).map((f) => fs.readFileSync(f)),
+    );
+    for (const secret of [first, second, generated, kept]) expect(bytes.includes(Buffer.from(secret))).toBe(false);
   });
 });
