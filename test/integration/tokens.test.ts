@@ -406,6 +406,18 @@ describe.each(dbs)("tokens on %s", (db) => {
     expect(viaGrpc.requestedBy).toBe(runner);
     const history = await svc.rest("GET", `/v1/machines/${stg1}/commands?requested_by=${runner}`);
     expect(history.body.data.map((x: any) => x.id)).toContain(id);
+
+    // A waiting caller that hangs up (here: its deadline) cancels in its own name.
+    const tag = `hangup-${unique()}`;
+    const e = await grpcError(grpc(run).unary(CommandService.method.execute, { machineId: stg1, command: `echo ${tag}; sleep 30` }, { deadline: 1500 }));
+    expect(e.code).toBe(GrpcStatus.DEADLINE_EXCEEDED);
+    const hung = await eventually(async () => {
+      const h = await svc.rest("GET", `/v1/machines/${stg1}/commands?requested_by=${runner}&limit=100`);
+      const item = h.body.data.find((x: any) => x.command.includes(tag));
+      if (!item || item.status !== "cancelled") return null;
+      return (await svc.rest("GET", `/v1/commands/${item.id}`)).body.data;
+    }, 15_000, "the hung-up command cancelled");
+    expect(hung).toMatchObject({ status: "cancelled", requested_by: runner, cancelled_by: runner });
   });
 
   it("token management needs admin, and a scoped admin cannot create a broader token", async () => {
