@@ -117,6 +117,12 @@ async function main(): Promise<void> {
   const pretty = process.stdout.isTTY === true;
   const app = buildApp({ config, stores, ssh, local, adminToken: admin.token, logger: loggerOptions(config.logLevel, pretty), tls });
   const log = app.fastify.log;
+  try {
+    await app.tokensReady;
+  } catch (err) {
+    await stores.close().catch(() => {});
+    throw new StartupError(`cannot store the admin token's digest in the database (${dbReason(err, config.databaseUrl)})`);
+  }
   // A bug in a background task must not take every running command down with it.
   process.on("unhandledRejection", (err) => log.error({ err }, "unhandled rejection"));
   for (const w of keyRing.warnings) log.warn(w);
