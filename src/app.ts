@@ -3,21 +3,25 @@
  * build it on port 0; main.ts adds configuration, signals and listening.
  */
 import os from "node:os";
-import { createRouterTransport, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import { createContextValues, createRouterTransport, type ConnectRouter } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifyServerOptions } from "fastify";
 import { settingName, type Config } from "./config.ts";
 import { Admission } from "./exec/admission.ts";
+import { NO_AUDIT, type AuditSink } from "./exec/audit-port.ts";
 import { BatchRunner } from "./exec/batch-runner.ts";
 import { CommandEngine } from "./exec/command-engine.ts";
 import { MachineRegistry } from "./exec/machine-registry.ts";
 import type { MachineRecord, Stores, Transport } from "./exec/ports.ts";
+import { AuditService } from "./gen/fleetrun/v1/audit_pb.js";
 import { CommandService } from "./gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "./gen/fleetrun/v1/machine_pb.js";
 import { Counter, EVENT_LOOP_LAG_BUCKETS, Gauge, Histogram, Registry, sampleEventLoopLag } from "./metrics.ts";
 import { registerOpenApiRoute } from "./rest/openapi-route.ts";
 import { RestHttpError, restErrorFrom } from "./rest/rest-errors.ts";
 import { registerRestRoutes, restLoggerSerializers } from "./rest/rest-routes.ts";
+import { auditInterceptor, CLIENT_ADDRESS_HEADER, clientAddressKey } from "./rpc/audit-interceptor.ts";
+import { auditServiceImpl } from "./rpc/audit-service.ts";
 import { authInterceptor, TokenVerifier } from "./rpc/auth.ts";
 import { batchHandlers } from "./rpc/batch-handlers.ts";
 import { commandServiceImpl } from "./rpc/command-service.ts";
@@ -40,6 +44,11 @@ export interface AppDeps {
   /** fastify/pino logger options; false disables logging (tests). */
   logger?: FastifyServerOptions["logger"];
   tls?: { cert: string | Buffer; key: string | Buffer } | undefined;
+  /**
+   * Where audit records go.
+   * @default stores.audit (the store's hash-chained log), else nothing
+   */
+  audit?: AuditSink;
 }
 
 export interface App {
@@ -49,6 +58,8 @@ export interface App {
   batches: BatchRunner;
   health: HealthService;
   metrics: Registry;
+  /** The audit sink every call is recorded in; non-RPC code records its own events here. */
+  audit: AuditSink;
 }
 
 /** Paths and headers that must never reach a log line. */
@@ -118,6 +129,12 @@ export function buildApp(deps: AppDeps): App {
   const onInternal = (err: unknown) => log.error({ err }, "internal error");
 
   const metrics = new Registry();
+  const audit: AuditSink = deps.audit ?? stores.audit ?? NO_AUDIT;
+  const auditLost = metrics.add(new Counter("fleetrun_audit_records_lost_total", "Audit records that could not be written to the database"));
+  stores.audit?.onWriteError((err, lost) => {
+    auditLost.inc({}, lost);
+    log.error({ err, lost }, "audit records could not be written");
+  });
   const commandsTotal = metrics.add(new Counter("fleetrun_commands_total", "Commands that reached a terminal state, by status and machine"));
   const commandsStarted = metrics.add(new Counter("fleetrun_commands_started_total", "Commands started on their target, by machine"));
   const durations = metrics.add(
@@ -158,7 +175,20 @@ export function buildApp(deps: AppDeps): App {
     },
     admission,
     observer: {
-      commandStarted: (c) => commandsStarted.inc({ machine_id: c.machineId }),
+      commandStarted: (c) => {
+        commandsStarted.inc({ machine_id: c.machineId });
+        // Also a record at the start: a long Execute is otherwise only recorded when it answers.
+        audit.record({
+          actor: c.requestedBy,
+          action: "command.started",
+          outcome: "ok",
+          machineId: c.machineId,
+          commandId: c.id,
+          ...(c.batchId !== null ? { batchId: c.batchId } : {}),
+          command: c.command,
+          ...(c.user !== null ? { detail: `run_as=${c.user}` } : {}),
+        });
+      },
       commandEnded: (c) => {
         commandsTotal.inc({ status: c.status, machine_id: c.machineId });
         if (c.durationMs !== null) durations.observe({ status: c.status }, c.durationMs / 1000);
@@ -195,8 +225,13 @@ export function buildApp(deps: AppDeps): App {
 
   const verifier = new TokenVerifier();
   verifier.addToken(deps.adminToken, { name: "admin", admin: true });
-  const interceptors: Interceptor[] = [authInterceptor(verifier)];
-  const health = createHealthService({ initial: { "": "SERVING", [CommandService.typeName]: "SERVING", [MachineService.typeName]: "SERVING" } });
+  // The audit interceptor is outside auth, so that refused calls are recorded too.
+  const auth = authInterceptor(verifier);
+  const connectInterceptors = [auditInterceptor(audit, { address: "context" }), auth];
+  const restInterceptors = [auditInterceptor(audit, { address: "rest-header" }), auth];
+  const health = createHealthService({
+    initial: { "": "SERVING", [CommandService.typeName]: "SERVING", [MachineService.typeName]: "SERVING", [AuditService.typeName]: "SERVING" },
+  });
 
   const commandImpl = commandServiceImpl({
     engine,
@@ -205,19 +240,29 @@ export function buildApp(deps: AppDeps): App {
     onInternal,
   });
   const machineImpl = machineServiceImpl(registry, onInternal);
+  const auditLog = stores.audit;
+  const auditImpl = auditLog ? auditServiceImpl(auditLog, onInternal) : null;
   const routes = (router: ConnectRouter) => {
     router.service(CommandService, commandImpl);
     router.service(MachineService, machineImpl);
+    if (auditImpl) router.service(AuditService, auditImpl);
     health.register(router);
     registerReflection(router);
   };
   const limits = { readMaxBytes: config.bodyLimit, writeMaxBytes: 64 * 1024 * 1024 };
 
-  fastify.register(fastifyConnectPlugin, { routes, interceptors, ...limits, shutdownTimeoutMs: 1000 });
+  fastify.register(fastifyConnectPlugin, {
+    routes,
+    interceptors: connectInterceptors,
+    contextValues: (req) => createContextValues().set(clientAddressKey, req.ip),
+    ...limits,
+    shutdownTimeoutMs: 1000,
+  });
   registerRestRoutes(fastify, {
-    services: [CommandService, MachineService],
-    transport: createRouterTransport(routes, { router: { interceptors, ...limits } }),
+    services: auditImpl ? [CommandService, MachineService, AuditService] : [CommandService, MachineService],
+    transport: createRouterTransport(routes, { router: { interceptors: restInterceptors, ...limits } }),
     bodyLimit: config.bodyLimit,
+    callHeaders: (request) => ({ [CLIENT_ADDRESS_HEADER]: request.ip }),
   });
 
   registerOpenApiRoute(fastify);
@@ -246,7 +291,7 @@ export function buildApp(deps: AppDeps): App {
     return reply.type("text/plain; version=0.0.4").send(metrics.render());
   });
 
-  return { fastify, engine, registry, batches, health, metrics };
+  return { fastify, engine, registry, batches, health, metrics, audit };
 }
 
 /** Answers `err` as `{"error":{"code","message","field"?}}` with its HTTP status. */

@@ -10,6 +10,8 @@ import { Migrator } from "@mikro-orm/migrations";
 import type { SqlEntityManager } from "@mikro-orm/sqlite";
 import { InvalidArgumentError } from "../exec/errors.ts";
 import type { Stores } from "../exec/ports.ts";
+import { SqlAuditLog } from "./audit-store.ts";
+import { PgAuditWriter, SqliteAuditWriter } from "./audit-writer.ts";
 import { OrmBatchStore } from "./batch-store.ts";
 import type { CommandHotPath } from "./command-hot-path.ts";
 import { SqlCommandStore } from "./command-store.ts";
@@ -73,11 +75,13 @@ export async function openStores(config: DbConfig): Promise<Stores> {
   const native = await (orm.em.getConnection() as unknown as { getNativeClient(): Promise<unknown> }).getNativeClient();
   const hot: CommandHotPath = driver === "sqlite" ? new SqliteHotPath(native as SqliteDatabase) : new PgHotPath(native as PgPool);
   const commands = new SqlCommandStore(ctx, hot);
+  const audit = new SqlAuditLog(ctx, driver === "sqlite" ? new SqliteAuditWriter(native as SqliteDatabase) : new PgAuditWriter(native as PgPool));
   let closed = false;
   return {
     commands,
     machines: new OrmMachineStore(ctx, hot),
     batches: new OrmBatchStore(ctx),
+    audit,
     async ping() {
       await ctx.fork().getConnection().execute("select 1");
     },
@@ -85,6 +89,7 @@ export async function openStores(config: DbConfig): Promise<Stores> {
       if (closed) return;
       closed = true;
       await commands.drain();
+      await audit.drain();
       await orm.close(true);
     },
   };

@@ -3,6 +3,7 @@
  * `Transport`, `src/db` implements the stores. Nothing here depends on ssh2,
  * MikroORM, Connect or fastify.
  */
+import type { AuditLog } from "./audit-port.ts";
 import type { Readable } from "node:stream";
 
 export type CommandStatus =
@@ -303,6 +304,11 @@ export interface Stores {
   commands: CommandStore;
   machines: MachineStore;
   batches: BatchStore;
+  /**
+   * The audit trail (append-only, hash-chained). Also the sink for events
+   * outside RPCs (host keys pinned, …). Absent in stores built without one.
+   */
+  audit?: AuditLog;
   /** Cheap liveness check for /readyz. */
   ping(): Promise<void>;
   close(): Promise<void>;

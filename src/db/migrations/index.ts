@@ -4,13 +4,17 @@
  * never rename or edit an applied one.
  */
 import type { MigrationObject } from "@mikro-orm/core";
+import { Audit as PostgresAudit } from "./postgresql/audit.ts";
 import { InitialSchema as PostgresInitialSchema } from "./postgresql/initial-schema.ts";
+import { Audit as SqliteAudit } from "./sqlite/audit.ts";
 import { InitialSchema as SqliteInitialSchema } from "./sqlite/initial-schema.ts";
 
 export const SQLITE_MIGRATIONS: MigrationObject[] = [
   { name: "0001_initial_schema", class: SqliteInitialSchema },
+  { name: "0004_audit", class: SqliteAudit },
 ];
 
 export const POSTGRESQL_MIGRATIONS: MigrationObject[] = [
   { name: "0001_initial_schema", class: PostgresInitialSchema },
+  { name: "0004_audit", class: PostgresAudit },
 ];
