@@ -11,6 +11,8 @@
  * the first bad record and why. Exit 2: bad arguments or no database.
  * Safe while the service runs (it only reads).
  */
+import fs from "node:fs";
+import path from "node:path";
 import { loadConfig, ConfigError } from "../src/config.ts";
 import { openStores } from "../src/db/index.ts";
 
@@ -42,9 +44,12 @@ async function main(): Promise<number> {
     if (err instanceof ConfigError) usage(err.message);
     throw err;
   }
+  const sqliteFile = path.join(config.dataDir, "fleetrun.db");
+  if (!config.databaseUrl && !fs.existsSync(sqliteFile)) usage(`no database at ${sqliteFile}: set FLEETRUN_DATA_DIR (or --data-dir) or DATABASE_URL as for the service`);
   let stores;
   try {
-    stores = await openStores({ dataDir: config.dataDir, ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}) });
+    // Read only: no migrations (the service applies them).
+    stores = await openStores({ dataDir: config.dataDir, migrate: false, ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}) });
   } catch (err) {
     const reason = err instanceof Error ? err.message.split("\n")[0]! : String(err);
     usage(`cannot open the database (${config.databaseUrl ? reason.replaceAll(config.databaseUrl, "DATABASE_URL") : reason})`);

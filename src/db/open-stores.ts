@@ -30,6 +30,8 @@ export interface DbConfig {
   schema?: string;
   /** Logs every query the ORM runs. @default false */
   debug?: boolean;
+  /** Applies pending migrations; tools that only read (verify-audit) turn it off. @default true */
+  migrate?: boolean;
 }
 
 /** How long a SQLite writer waits for the file lock before failing. */
@@ -61,7 +63,7 @@ export async function openStores(config: DbConfig): Promise<Stores> {
     if (driver === "postgresql" && config.schema !== undefined) {
       await orm.em.fork().getConnection().execute(`create schema if not exists "${config.schema}"`);
     }
-    await orm.migrator.up();
+    if (config.migrate !== false) await orm.migrator.up();
   } catch (err) {
     await orm.close(true);
     throw err;
