@@ -19,6 +19,8 @@ export const AUDIT_COMMAND_MAX = 4096;
 const FIELD_MAX = { actor: 200, action: 200, id: 200, clientAddress: 200, detail: 1000 };
 /** Records read per query while verifying. */
 const VERIFY_PAGE = 2000;
+/** Waits before retrying a batch that failed (a lost connection, a lock timeout). */
+const RETRY_DELAYS_MS = [50, 250, 1000];
 /** Records deleted per retention transaction. */
 const PRUNE_BATCH = 1000;
 
@@ -32,13 +34,20 @@ export class SqlAuditLog implements AuditLog {
     this.#ctx = ctx;
     this.#writer = writer;
     this.#writes = new WriteBatcher<TimedEvent, undefined>(async (ops) => {
-      try {
-        await writer.append(ops);
-      } catch (err) {
-        this.#onWriteError(err, ops.length);
-        throw err;
+      // A failed batch is retried (the next ones wait, so the order holds), then reported.
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await writer.append(ops);
+          return ops.map(() => undefined);
+        } catch (err) {
+          const delay = RETRY_DELAYS_MS[attempt];
+          if (delay === undefined) {
+            this.#onWriteError(err, ops.length);
+            throw err;
+          }
+          await new Promise((r) => setTimeout(r, delay));
+        }
       }
-      return ops.map(() => undefined);
     });
   }
 

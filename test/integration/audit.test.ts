@@ -13,6 +13,7 @@ import path from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { openStores } from "../../src/db/index.ts";
 import type { AuditLog } from "../../src/exec/audit-port.ts";
 import { AuditService } from "../../src/gen/fleetrun/v1/audit_pb.js";
 import { CommandService } from "../../src/gen/fleetrun/v1/command_pb.js";
@@ -179,6 +180,20 @@ describe.each(dbs)("Audit trail on %s", (db) => {
     expect(watched[0]).toMatchObject({ outcome: "ok", client_address: "127.0.0.1" });
   });
 
+  it("takes the client address from the connection, never from a header the caller sends", async () => {
+    const spoof = { "fleetrun-client-address": "203.0.113.66", "x-forwarded-for": "203.0.113.67" };
+    expect((await svc.rest("GET", `/v1/machines/${machineId}`, undefined, spoof)).status).toBe(200);
+    const connect = await fetch(`${svc.url}/fleetrun.v1.MachineService/GetMachine`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${svc.token}`, "content-type": "application/json", ...spoof },
+      body: JSON.stringify({ id: machineId }),
+    });
+    expect(connect.status).toBe(200);
+    const recent = (await list(`?action=MachineService.GetMachine&machine_id=${machineId}&limit=2`)).data;
+    expect(recent).toHaveLength(2);
+    for (const e of recent) expect(e.client_address).toBe("127.0.0.1");
+  });
+
   it("records refusals: a bad or missing token (REST and gRPC) and an unknown id", async () => {
     const bad = await svc.rest("GET", `/v1/machines/${machineId}`, undefined, { authorization: "Bearer not-a-valid-token-at-all" });
     expect(bad.status).toBe(401);
@@ -285,6 +300,27 @@ describe.each(dbs)("Audit trail on %s", (db) => {
       expect(ok.data).toHaveLength(1);
     } finally {
       client.close();
+    }
+  });
+
+  it.runIf(db === "postgres")("keeps one gap-free chain when two processes append at once (PostgreSQL replicas)", async () => {
+    if (svc.database.kind !== "postgres") return;
+    const other = await openStores({ dataDir: svc.dataDir, databaseUrl: svc.database.url, schema: svc.database.schema });
+    try {
+      const before = await audit.head();
+      for (let i = 0; i < 400; i++) {
+        audit.record({ actor: "replica-a", action: "test.append", outcome: "ok", detail: String(i) });
+        other.audit!.record({ actor: "replica-b", action: "test.append", outcome: "ok", detail: String(i) });
+        if (i % 50 === 49) await new Promise((r) => setImmediate(r));
+      }
+      await Promise.all([audit.drain(), other.audit!.drain()]);
+      const head = await audit.head();
+      expect(head.seq - before.seq).toBeGreaterThanOrEqual(800);
+      const rows = await rawSql(svc, "select actor, count(*) as n from audit_events where action = 'test.append' group by actor order by actor");
+      expect(rows.map((r) => [r.actor, Number(r.n)])).toEqual([["replica-a", 400], ["replica-b", 400]]);
+      expect(await audit.verify()).toMatchObject({ ok: true, firstSeq: 1, lastSeq: head.seq });
+    } finally {
+      await other.close();
     }
   });
 
