@@ -120,13 +120,8 @@ export class SqliteAuditWriter implements AuditWriter {
     await this.#idle();
     const db = this.#db;
     return db.transaction(() => {
-      const last = db
-        .prepare(
-          `select seq, hash from (select seq, hash, time from audit_events order by seq limit ?)
-           where seq <= coalesce((select min(seq) - 1 from audit_events where time >= ?), (select max(seq) from audit_events))
-           order by seq desc limit 1`,
-        )
-        .get(maxRows, olderThanMs) as { seq: number; hash: string } | undefined;
+      const oldest = db.prepare("select seq, hash, time from audit_events order by seq limit ?").all(maxRows) as PruneRow[];
+      const last = lastBefore(oldest, olderThanMs);
       if (last === undefined) return 0;
       const { changes } = db.prepare("delete from audit_events where seq <= ?").run(last.seq);
       db.prepare("update audit_chain_state set pruned_seq = ?, pruned_hash = ? where id = 1").run(last.seq, last.hash);
@@ -161,9 +156,6 @@ const PG_TYPES: Record<(typeof COLUMNS)[number], string> = {
 const PG_INSERT = `insert into audit_events (${COLUMNS.join(", ")})
   select * from unnest(${COLUMNS.map((c, i) => `$${i + 1}::${PG_TYPES[c]}[]`).join(", ")})`;
 const PG_LOCK_STATE = "select head_seq as seq, head_hash as hash from audit_chain_state where id = 1 for update";
-const PG_PRUNE_LAST = `select seq, hash from (select seq, hash, time from audit_events order by seq limit $1) oldest
-  where seq <= coalesce((select min(seq) - 1 from audit_events where time >= $2), (select max(seq) from audit_events))
-  order by seq desc limit 1`;
 
 export class PgAuditWriter implements AuditWriter {
   readonly #pool: PgPool;
@@ -187,8 +179,8 @@ export class PgAuditWriter implements AuditWriter {
   prune(olderThanMs: number, maxRows: number): Promise<number> {
     return this.#transaction(async (client) => {
       await client.query({ name: "audit_lock_state", text: PG_LOCK_STATE });
-      const { rows } = await client.query({ name: "audit_prune_last", text: PG_PRUNE_LAST, values: [maxRows, olderThanMs] });
-      const last = rows[0] as { seq: string | number; hash: string } | undefined;
+      const { rows } = await client.query({ name: "audit_oldest", text: "select seq, hash, time from audit_events order by seq limit $1", values: [maxRows] });
+      const last = lastBefore(rows as PruneRow[], olderThanMs);
       if (last === undefined) return 0;
       const deleted = await client.query({ text: "delete from audit_events where seq <= $1", values: [last.seq] });
       await client.query({ text: "update audit_chain_state set pruned_seq = $1, pruned_hash = $2 where id = 1", values: [last.seq, last.hash] });
@@ -213,6 +205,26 @@ export class PgAuditWriter implements AuditWriter {
       client.release(broken ?? false);
     }
   }
+}
+
+interface PruneRow {
+  seq: number | string;
+  hash: string;
+  time: number | string;
+}
+
+/**
+ * The last of the oldest records (in sequence order) that are all older than
+ * the cut: retention deletes a prefix of the chain, never a record in between,
+ * and reads only the rows it deletes (the primary key's first pages).
+ */
+function lastBefore(oldest: readonly PruneRow[], olderThanMs: number): PruneRow | undefined {
+  let last: PruneRow | undefined;
+  for (const r of oldest) {
+    if (Number(r.time) >= olderThanMs) break;
+    last = r;
+  }
+  return last;
 }
 
 function point(row: unknown): ChainPoint {

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openStores } from "../../src/db/index.ts";
+import { SQLITE_MIGRATIONS } from "../../src/db/migrations/index.ts";
 import type { SqlCommandStore } from "../../src/db/command-store.ts";
 import type { DbConfig } from "../../src/db/index.ts";
 import { AlreadyExistsError, InvalidArgumentError } from "../../src/exec/errors.ts";
@@ -720,7 +721,7 @@ for (const driver of drivers) {
           }
           const third = await openStores(t.config);
           await third.close();
-          expect(await migrationsApplied(t.config)).toEqual(["0001_initial_schema"]);
+          expect(await migrationsApplied(t.config)).toEqual(SQLITE_MIGRATIONS.map((m) => m.name));
         } finally {
           await t.cleanup();
         }
