@@ -20,7 +20,7 @@ import { Counter, EVENT_LOOP_LAG_BUCKETS, Gauge, Histogram, Registry, sampleEven
 import { registerOpenApiRoute } from "./rest/openapi-route.ts";
 import { RestHttpError, restErrorFrom } from "./rest/rest-errors.ts";
 import { registerRestRoutes, restLoggerSerializers } from "./rest/rest-routes.ts";
-import { auditInterceptor, CLIENT_ADDRESS_HEADER, clientAddressKey } from "./rpc/audit-interceptor.ts";
+import { auditInterceptor, CLIENT_ADDRESS_HEADER, clientAddressKey, normalClientAddress } from "./rpc/audit-interceptor.ts";
 import { auditServiceImpl } from "./rpc/audit-service.ts";
 import { authInterceptor, TokenVerifier } from "./rpc/auth.ts";
 import { batchHandlers } from "./rpc/batch-handlers.ts";
@@ -254,7 +254,7 @@ export function buildApp(deps: AppDeps): App {
   fastify.register(fastifyConnectPlugin, {
     routes,
     interceptors: connectInterceptors,
-    contextValues: (req) => createContextValues().set(clientAddressKey, req.ip),
+    contextValues: (req) => createContextValues().set(clientAddressKey, normalClientAddress(req.ip)),
     ...limits,
     shutdownTimeoutMs: 1000,
   });
@@ -262,7 +262,10 @@ export function buildApp(deps: AppDeps): App {
     services: auditImpl ? [CommandService, MachineService, AuditService] : [CommandService, MachineService],
     transport: createRouterTransport(routes, { router: { interceptors: restInterceptors, ...limits } }),
     bodyLimit: config.bodyLimit,
-    callHeaders: (request) => ({ [CLIENT_ADDRESS_HEADER]: request.ip }),
+    callHeaders: (request): Record<string, string> => {
+      const address = normalClientAddress(request.ip);
+      return address === undefined ? {} : { [CLIENT_ADDRESS_HEADER]: address };
+    },
   });
 
   registerOpenApiRoute(fastify);

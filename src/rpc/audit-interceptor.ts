@@ -31,6 +31,12 @@ export const clientAddressKey = createContextKey<string | undefined>(undefined, 
  */
 export const CLIENT_ADDRESS_HEADER = "fleetrun-client-address";
 
+/** The address as people write it: an IPv4-mapped IPv6 address (`::ffff:10.0.0.7`) as IPv4. */
+export function normalClientAddress(ip: string | undefined): string | undefined {
+  if (ip === undefined || ip === "") return undefined;
+  return /^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(ip) ? ip.slice(7) : ip;
+}
+
 const UNAUDITED = new Set(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]);
 /** Services whose request fields are filters, not the subject of the call. */
 const NO_REQUEST_IDS = new Set(["fleetrun.v1.AuditService"]);

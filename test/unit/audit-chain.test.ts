@@ -1,8 +1,9 @@
-/** The audit hash chain without a database: what verification catches, and the encoding's stability. */
+/** The audit hash chain without a database: what verification catches, the encoding's stability, and field bounds. */
 import { describe, expect, it } from "vitest";
 import type { AuditRecord } from "../../src/exec/audit-port.ts";
 import { ChainVerifier, GENESIS_HASH, canonicalEncoding, recordHash, type ChainState } from "../../src/db/audit-chain.ts";
 import { chainRows } from "../../src/db/audit-writer.ts";
+import { normalClientAddress } from "../../src/rpc/audit-interceptor.ts";
 import { bounded, boundedCommand, decodeAuditCursor, encodeAuditCursor, AUDIT_COMMAND_MAX } from "../../src/db/audit-store.ts";
 
 function chain(n: number, start = { seq: 0, hash: GENESIS_HASH }): AuditRecord[] {
@@ -134,5 +135,15 @@ describe("audit hash chain", () => {
     expect(decodeAuditCursor("not a cursor!")).toBeNull();
     expect(decodeAuditCursor(Buffer.from('["x"]').toString("base64url"))).toBeNull();
     expect(decodeAuditCursor(Buffer.from("[0]").toString("base64url"))).toBeNull();
+  });
+});
+
+describe("client addresses", () => {
+  it("writes IPv4-mapped IPv6 addresses as IPv4 and leaves others alone", () => {
+    expect(normalClientAddress("::ffff:10.0.0.7")).toBe("10.0.0.7");
+    expect(normalClientAddress("::1")).toBe("::1");
+    expect(normalClientAddress("2001:db8::1")).toBe("2001:db8::1");
+    expect(normalClientAddress("127.0.0.1")).toBe("127.0.0.1");
+    expect(normalClientAddress(undefined)).toBeUndefined();
   });
 });
