@@ -3,7 +3,7 @@
  * build it on port 0; main.ts adds configuration, signals and listening.
  */
 import os from "node:os";
-import { createRouterTransport, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import { createContextValues, createRouterTransport, type ConnectRouter } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifyServerOptions } from "fastify";
 import { settingName, type Config } from "./config.ts";
@@ -14,6 +14,7 @@ import { NO_AUDIT, type AuditSink } from "./exec/audit-port.ts";
 import { createHostKeyTrust } from "./exec/host-key-trust.ts";
 import { MachineRegistry } from "./exec/machine-registry.ts";
 import type { MachineRecord, Stores, Transport } from "./exec/ports.ts";
+import { AuditService } from "./gen/fleetrun/v1/audit_pb.js";
 import { CommandService } from "./gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "./gen/fleetrun/v1/machine_pb.js";
 import { TokenService } from "./gen/fleetrun/v1/token_pb.js";
@@ -23,6 +24,8 @@ import { Counter, EVENT_LOOP_LAG_BUCKETS, Gauge, Histogram, Registry, sampleEven
 import { registerOpenApiRoute } from "./rest/openapi-route.ts";
 import { RestHttpError, restErrorFrom } from "./rest/rest-errors.ts";
 import { registerRestRoutes, restLoggerSerializers } from "./rest/rest-routes.ts";
+import { auditInterceptor, CLIENT_ADDRESS_HEADER, clientAddressKey, normalClientAddress } from "./rpc/audit-interceptor.ts";
+import { auditServiceImpl } from "./rpc/audit-service.ts";
 import { authInterceptor } from "./rpc/auth.ts";
 import { batchHandlers } from "./rpc/batch-handlers.ts";
 import { commandServiceImpl } from "./rpc/command-service.ts";
@@ -46,7 +49,10 @@ export interface AppDeps {
   /** fastify/pino logger options; false disables logging (tests). */
   logger?: FastifyServerOptions["logger"];
   tls?: { cert: string | Buffer; key: string | Buffer } | undefined;
-  /** Where the service reports what it did (host keys pinned, refused, accepted unchecked). @default NO_AUDIT */
+  /**
+   * Where audit records go.
+   * @default stores.audit (the store's hash-chained log), else nothing
+   */
   audit?: AuditSink;
 }
 
@@ -61,6 +67,8 @@ export interface App {
   tokenLimiter: TokenLimiter;
   /** Settles once the bootstrap admin token's digest is stored (rejects when it cannot be). */
   tokensReady: Promise<void>;
+  /** The audit sink every call is recorded in; non-RPC code records its own events here. */
+  audit: AuditSink;
 }
 
 /** Paths and headers that must never reach a log line. */
@@ -131,6 +139,12 @@ export function buildApp(deps: AppDeps): App {
   const onInternal = (err: unknown) => log.error({ err }, "internal error");
 
   const metrics = new Registry();
+  const audit: AuditSink = deps.audit ?? stores.audit ?? NO_AUDIT;
+  const auditLost = metrics.add(new Counter("fleetrun_audit_records_lost_total", "Audit records that could not be written to the database"));
+  stores.audit?.onWriteError((err, lost) => {
+    auditLost.inc({}, lost);
+    log.error({ err, lost }, "audit records could not be written");
+  });
   const commandsTotal = metrics.add(new Counter("fleetrun_commands_total", "Commands that reached a terminal state, by status and machine"));
   const commandsStarted = metrics.add(new Counter("fleetrun_commands_started_total", "Commands started on their target, by machine"));
   const durations = metrics.add(
@@ -156,7 +170,7 @@ export function buildApp(deps: AppDeps): App {
 
   const localMachine = config.localMachine ? localMachineRecord() : null;
   // Host keys of tofu machines are recorded in the store before authentication; checks are audited.
-  deps.ssh.useHostKeyTrust?.(createHostKeyTrust(stores.machines, deps.audit ?? NO_AUDIT));
+  deps.ssh.useHostKeyTrust?.(createHostKeyTrust(stores.machines, audit));
   const engine = new CommandEngine({
     stores,
     ssh: deps.ssh,
@@ -173,7 +187,20 @@ export function buildApp(deps: AppDeps): App {
     },
     admission,
     observer: {
-      commandStarted: (c) => commandsStarted.inc({ machine_id: c.machineId }),
+      commandStarted: (c) => {
+        commandsStarted.inc({ machine_id: c.machineId });
+        // Also a record at the start: a long Execute is otherwise only recorded when it answers.
+        audit.record({
+          actor: c.requestedBy,
+          action: "command.started",
+          outcome: "ok",
+          machineId: c.machineId,
+          commandId: c.id,
+          ...(c.batchId !== null ? { batchId: c.batchId } : {}),
+          command: c.command,
+          ...(c.user !== null ? { detail: `run_as=${c.user}` } : {}),
+        });
+      },
       commandEnded: (c) => {
         commandsTotal.inc({ status: c.status, machine_id: c.machineId });
         if (c.durationMs !== null) durations.observe({ status: c.status }, c.durationMs / 1000);
@@ -228,9 +255,12 @@ export function buildApp(deps: AppDeps): App {
     },
     onRefused: (limit) => refusals.inc({ limit }),
   });
-  const interceptors: Interceptor[] = [authInterceptor({ tokens, limiter: tokenLimiter })];
+  const auth = authInterceptor({ tokens, limiter: tokenLimiter });
+  // The audit interceptor is outside auth, so that refused calls are recorded too.
+  const connectInterceptors = [auditInterceptor(audit, { address: "context" }), auth];
+  const restInterceptors = [auditInterceptor(audit, { address: "rest-header" }), auth];
   const health = createHealthService({
-    initial: { "": "SERVING", [CommandService.typeName]: "SERVING", [MachineService.typeName]: "SERVING", [TokenService.typeName]: "SERVING" },
+    initial: { "": "SERVING", [CommandService.typeName]: "SERVING", [MachineService.typeName]: "SERVING", [TokenService.typeName]: "SERVING", [AuditService.typeName]: "SERVING" },
   });
 
   const commandImpl = commandServiceImpl({
@@ -241,20 +271,33 @@ export function buildApp(deps: AppDeps): App {
   });
   const machineImpl = machineServiceImpl(registry, onInternal);
   const tokenImpl = tokenServiceImpl(tokens, onInternal);
+  const auditLog = stores.audit;
+  const auditImpl = auditLog ? auditServiceImpl(auditLog, onInternal) : null;
   const routes = (router: ConnectRouter) => {
     router.service(CommandService, commandImpl);
     router.service(MachineService, machineImpl);
     router.service(TokenService, tokenImpl);
+    if (auditImpl) router.service(AuditService, auditImpl);
     health.register(router);
     registerReflection(router);
   };
   const limits = { readMaxBytes: config.bodyLimit, writeMaxBytes: 64 * 1024 * 1024 };
 
-  fastify.register(fastifyConnectPlugin, { routes, interceptors, ...limits, shutdownTimeoutMs: 1000 });
+  fastify.register(fastifyConnectPlugin, {
+    routes,
+    interceptors: connectInterceptors,
+    contextValues: (req) => createContextValues().set(clientAddressKey, normalClientAddress(req.ip)),
+    ...limits,
+    shutdownTimeoutMs: 1000,
+  });
   registerRestRoutes(fastify, {
-    services: [CommandService, MachineService, TokenService],
-    transport: createRouterTransport(routes, { router: { interceptors, ...limits } }),
+    services: auditImpl ? [CommandService, MachineService, TokenService, AuditService] : [CommandService, MachineService, TokenService],
+    transport: createRouterTransport(routes, { router: { interceptors: restInterceptors, ...limits } }),
     bodyLimit: config.bodyLimit,
+    callHeaders: (request): Record<string, string> => {
+      const address = normalClientAddress(request.ip);
+      return address === undefined ? {} : { [CLIENT_ADDRESS_HEADER]: address };
+    },
   });
 
   registerOpenApiRoute(fastify);
@@ -283,7 +326,7 @@ export function buildApp(deps: AppDeps): App {
     return reply.type("text/plain; version=0.0.4").send(metrics.render());
   });
 
-  return { fastify, engine, registry, batches, health, metrics, tokens, tokenLimiter, tokensReady };
+  return { fastify, engine, registry, batches, health, metrics, tokens, tokenLimiter, tokensReady, audit };
 }
 
 /** Answers `err` as `{"error":{"code","message","field"?}}` with its HTTP status. */

@@ -206,7 +206,13 @@ const SPECS = {
     default: null,
     parse: optionalInt(1, 100_000_000),
   },
-  retentionIntervalMs: { env: "FLEETRUN_RETENTION_INTERVAL_MS", description: "How often retention runs", default: 600_000, parse: int(1_000, 86_400_000) },
+  auditRetentionDays: {
+    env: "FLEETRUN_AUDIT_RETENTION_DAYS",
+    description: "Delete audit records older than this many days (the chain keeps an anchor so it still verifies); empty keeps them all",
+    default: 365 as number | null,
+    parse: optionalInt(1, 36_500),
+  },
+  retentionIntervalMs: { env: "FLEETRUN_RETENTION_INTERVAL_MS", description: "How often retention runs (commands and audit records)", default: 600_000, parse: int(1_000, 86_400_000) },
   corsOrigins: {
     env: "FLEETRUN_CORS_ORIGINS",
     description: "Comma-separated origins (https://app.example.com) whose pages may call the API from a browser; * for any; unset: none",

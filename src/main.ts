@@ -8,12 +8,14 @@
  * stack and exit code 1.
  */
 import fs from "node:fs";
+import type { FastifyBaseLogger } from "fastify";
 import { ensureAdminToken } from "./admin-token.ts";
 import { buildApp, loggerOptions } from "./app.ts";
 import { ConfigError, describeConfig, loadConfig, sshOptionsFrom, unknownSettings, type Config } from "./config.ts";
 import { DataDirLockedError, lockDataDir, type DataDirLock } from "./data-dir-lock.ts";
 import { openStores } from "./db/index.ts";
 import { loadKeyRing, SecretKeyError } from "./secrets/index.ts";
+import type { AuditLog } from "./exec/audit-port.ts";
 import { listenOnePort } from "./server/one-port-server.ts";
 import { createLocalTransport, createSshTransport } from "./ssh/index.ts";
 import { sshNativeCrypto } from "./ssh/native-crypto.ts";
@@ -64,6 +66,25 @@ const CLOSE_GRACE_MS = 1_000;
 
 function seconds(ms: number): string {
   return `${Math.round(ms / 100) / 10} s`;
+}
+
+/**
+ * Audit retention, then the chain's head in the log: a log collector keeps it
+ * outside the database, where `npm run verify-audit -- --head SEQ:HASH`
+ * can later check that the chain still holds it (a rewritten chain or a
+ * deleted tail does not).
+ */
+async function auditRetention(audit: AuditLog, days: number | null, log: FastifyBaseLogger): Promise<void> {
+  try {
+    if (days !== null) {
+      const n = await audit.prune(new Date(Date.now() - days * 86_400_000));
+      if (n > 0) log.info({ deleted: n }, "retention pruned audit records");
+    }
+    const head = await audit.head();
+    log.info({ audit_head_seq: head.seq, audit_head_hash: head.hash }, "audit chain head");
+  } catch (err) {
+    log.error({ err }, "audit retention failed");
+  }
 }
 
 async function main(): Promise<void> {
@@ -173,13 +194,18 @@ async function main(): Promise<void> {
   }
 
   let retention: NodeJS.Timeout | null = null;
-  if (config.retentionMaxAgeDays !== null || config.retentionMaxPerMachine !== null) {
+  const pruneCommands = config.retentionMaxAgeDays !== null || config.retentionMaxPerMachine !== null;
+  const audit = stores.audit;
+  if (pruneCommands || audit) {
     const prune = () => {
-      const olderThan = config.retentionMaxAgeDays !== null ? new Date(Date.now() - config.retentionMaxAgeDays * 86_400_000) : null;
-      stores.commands
-        .prune({ olderThan, keepPerMachine: config.retentionMaxPerMachine })
-        .then((n) => n > 0 && log.info({ deleted: n }, "retention pruned commands"))
-        .catch((err: unknown) => log.error({ err }, "retention failed"));
+      if (pruneCommands) {
+        const olderThan = config.retentionMaxAgeDays !== null ? new Date(Date.now() - config.retentionMaxAgeDays * 86_400_000) : null;
+        stores.commands
+          .prune({ olderThan, keepPerMachine: config.retentionMaxPerMachine })
+          .then((n) => n > 0 && log.info({ deleted: n }, "retention pruned commands"))
+          .catch((err: unknown) => log.error({ err }, "retention failed"));
+      }
+      if (audit) void auditRetention(audit, config.auditRetentionDays, log);
     };
     prune();
     retention = setInterval(prune, config.retentionIntervalMs);

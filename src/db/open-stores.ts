@@ -11,6 +11,8 @@ import type { SqlEntityManager } from "@mikro-orm/sqlite";
 import { InvalidArgumentError } from "../exec/errors.ts";
 import type { Stores } from "../exec/ports.ts";
 import { loadKeyRing, type SecretBox } from "../secrets/index.ts";
+import { SqlAuditLog } from "./audit-store.ts";
+import { PgAuditWriter, SqliteAuditWriter } from "./audit-writer.ts";
 import { OrmBatchStore } from "./batch-store.ts";
 import type { CommandHotPath } from "./command-hot-path.ts";
 import { SqlCommandStore } from "./command-store.ts";
@@ -36,6 +38,8 @@ export interface DbConfig {
    * @default the key in `<dataDir>/secret-key`, generated when missing
    */
   secrets?: SecretBox;
+  /** Applies pending migrations; tools that only read (verify-audit) turn it off. @default true */
+  migrate?: boolean;
 }
 
 /** The stores, and what start-up and `rotate-secrets` need of the credentials at rest. */
@@ -76,7 +80,7 @@ export async function openStores(config: DbConfig): Promise<OpenedStores> {
     if (driver === "postgresql" && config.schema !== undefined) {
       await orm.em.fork().getConnection().execute(`create schema if not exists "${config.schema}"`);
     }
-    await orm.migrator.up();
+    if (config.migrate !== false) await orm.migrator.up();
   } catch (err) {
     await orm.close(true);
     throw err;
@@ -99,6 +103,7 @@ export async function openStores(config: DbConfig): Promise<OpenedStores> {
     await orm.close(true);
     throw err;
   }
+  const audit = new SqlAuditLog(ctx, driver === "sqlite" ? new SqliteAuditWriter(native as SqliteDatabase) : new PgAuditWriter(native as PgPool));
   let closed = false;
   return {
     commands,
@@ -111,6 +116,7 @@ export async function openStores(config: DbConfig): Promise<OpenedStores> {
     },
     batches: new OrmBatchStore(ctx),
     tokens: new SqlTokenStore(ctx),
+    audit,
     async ping() {
       await ctx.fork().getConnection().execute("select 1");
     },
@@ -118,6 +124,7 @@ export async function openStores(config: DbConfig): Promise<OpenedStores> {
       if (closed) return;
       closed = true;
       await commands.drain();
+      await audit.drain();
       await orm.close(true);
     },
   };

@@ -78,10 +78,36 @@ export interface TokenRow {
   revoked_at: Int | null;
 }
 
+export interface AuditEventRow {
+  seq: Int;
+  time: Int;
+  actor: string;
+  action: string;
+  outcome: string;
+  machine_id: string | null;
+  command_id: string | null;
+  batch_id: string | null;
+  client_address: string | null;
+  detail: string | null;
+  command: string | null;
+  prev_hash: string;
+  hash: string;
+}
+
+export interface AuditChainStateRow {
+  id: number;
+  pruned_seq: Int;
+  pruned_hash: string;
+  head_seq: Int;
+  head_hash: string;
+}
+
 export interface Tables {
   machines: MachineRow;
   commands: CommandRow;
   command_output: OutputChunkRow;
   machine_command_counts: MachineCommandCountRow;
   tokens: TokenRow;
+  audit_events: AuditEventRow;
+  audit_chain_state: AuditChainStateRow;
 }

@@ -3,6 +3,7 @@
  * `Transport`, `src/db` implements the stores. Nothing here depends on ssh2,
  * MikroORM, Connect or fastify.
  */
+import type { AuditLog } from "./audit-port.ts";
 import type { Readable } from "node:stream";
 import type { TokenStore } from "./tokens.ts";
 
@@ -344,6 +345,11 @@ export interface Stores {
   machines: MachineStore;
   batches: BatchStore;
   tokens: TokenStore;
+  /**
+   * The audit trail (append-only, hash-chained). Also the sink for events
+   * outside RPCs (host keys pinned, …). Absent in stores built without one.
+   */
+  audit?: AuditLog;
   /** Cheap liveness check for /readyz. */
   ping(): Promise<void>;
   close(): Promise<void>;

@@ -69,6 +69,12 @@ export interface RestOptions {
    * @default 15000
    */
   sseKeepaliveMs?: number;
+  /**
+   * Headers added to every call from facts only the HTTP server knows (the
+   * caller's address for the audit trail); they override a caller's own.
+   * @default none
+   */
+  callHeaders?: (request: FastifyRequest) => Record<string, string>;
 }
 
 /** Query parameter that carries the bearer token on streaming GET routes (for EventSource). */
@@ -96,6 +102,7 @@ export function registerRestRoutes<Server extends RawServerBase = RawServerDefau
   const clients = new Map<DescService, AnyClient>();
   for (const s of opts.services) clients.set(s, createClient(s, opts.transport) as unknown as AnyClient);
   const prefix = commonFirstSegment(bindings.map((b) => b.url));
+  const callHeaders = opts.callHeaders ?? (() => ({}));
 
   app.register(
     async (instance) => {
@@ -137,8 +144,8 @@ export function registerRestRoutes<Server extends RawServerBase = RawServerDefau
           bodyLimit,
           exposeHeadRoute: !streaming,
           handler: streaming
-            ? (request, reply) => serveStream(b, client, request, reply, streamEvents, keepaliveMs, bodyLimit)
-            : (request, reply) => serveUnary(b, client, request, reply),
+            ? (request, reply) => serveStream(b, client, request, reply, streamEvents, keepaliveMs, bodyLimit, callHeaders)
+            : (request, reply) => serveUnary(b, client, request, reply, callHeaders),
         });
       }
       for (const [url, allowed] of methodsByUrl) {
@@ -163,12 +170,14 @@ export function registerRestRoutes<Server extends RawServerBase = RawServerDefau
 // ---------------------------------------------------------------------------
 // Calls
 
-async function serveUnary(b: RestBinding, client: AnyClient, request: FastifyRequest, reply: FastifyReply): Promise<void> {
+type CallHeaders = (request: FastifyRequest) => Record<string, string>;
+
+async function serveUnary(b: RestBinding, client: AnyClient, request: FastifyRequest, reply: FastifyReply, callHeaders: CallHeaders): Promise<void> {
   const input = buildRequest(b, request, false);
   const signal = abortOnClientGone(reply);
   const call = client[b.method.localName];
   if (call === undefined) throw new RestHttpError(501, "unimplemented", `${b.method.name} is not available`);
-  const output = (await call(input, { signal, headers: forwardedHeaders(request, false) })) as Message;
+  const output = (await call(input, { signal, headers: forwardedHeaders(request, false, callHeaders) })) as Message;
   const payload = renderResponse(b, output);
   await reply.code(b.successCode).header("content-type", "application/json; charset=utf-8").send(JSON.stringify(payload));
 }
@@ -181,6 +190,7 @@ async function serveStream(
   streamEvents: Record<string, SseAdapter>,
   keepaliveMs: number,
   bodyLimit: number,
+  callHeaders: CallHeaders,
 ): Promise<void> {
   const format = streamFormatFor(request.headers.accept);
   const input = buildRequest(b, request, true);
@@ -191,7 +201,7 @@ async function serveStream(
   const signal = abortOnClientGone(reply);
   const call = client[b.method.localName];
   if (call === undefined) throw new RestHttpError(501, "unimplemented", `${b.method.name} is not available`);
-  const stream = call(input, { signal, headers: forwardedHeaders(request, true) }) as AsyncIterable<Message>;
+  const stream = call(input, { signal, headers: forwardedHeaders(request, true, callHeaders) }) as AsyncIterable<Message>;
   const iterator = stream[Symbol.asyncIterator]();
   const first = settle(iterator.next());
 
@@ -251,12 +261,13 @@ function abortOnClientGone(reply: FastifyReply): AbortSignal {
   return ac.signal;
 }
 
-function forwardedHeaders(request: FastifyRequest, streaming: boolean): Headers {
+function forwardedHeaders(request: FastifyRequest, streaming: boolean, callHeaders: CallHeaders): Headers {
   const h = new Headers();
   for (const name of FORWARDED_HEADERS) {
     const v = request.headers[name];
     if (typeof v === "string") h.set(name, v);
   }
+  for (const [name, v] of Object.entries(callHeaders(request))) h.set(name, v);
   if (streaming && !h.has("authorization")) {
     const token = queryParams(request.url).get(accessTokenParameter)?.[0];
     if (token !== undefined) h.set("authorization", `Bearer ${token}`);

@@ -17,6 +17,7 @@ import {
   type FileDescriptorProto,
 } from "@bufbuild/protobuf/wkt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AuditService } from "../../src/gen/fleetrun/v1/audit_pb.js";
 import { CommandService } from "../../src/gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "../../src/gen/fleetrun/v1/machine_pb.js";
 import { Health } from "../../src/gen/grpc/health/v1/health_pb.js";
@@ -122,7 +123,7 @@ function generatedFiles(): Map<string, DescFile> {
     out.set(f.proto.name, f);
     f.dependencies.forEach(visit);
   };
-  for (const s of [CommandService, MachineService, Health, ServerReflection]) visit(s.file);
+  for (const s of [AuditService, CommandService, MachineService, Health, ServerReflection]) visit(s.file);
   return out;
 }
 

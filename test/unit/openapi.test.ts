@@ -6,6 +6,7 @@
 import fs from "node:fs";
 import SwaggerParser from "@apidevtools/swagger-parser";
 import { describe, expect, it } from "vitest";
+import { AuditService } from "../../src/gen/fleetrun/v1/audit_pb.js";
 import { CommandService } from "../../src/gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "../../src/gen/fleetrun/v1/machine_pb.js";
 import { TokenService } from "../../src/gen/fleetrun/v1/token_pb.js";
@@ -33,7 +34,7 @@ describe("openapi/fleetrun.openapi.json", () => {
   });
 
   it("has one operation per REST route the server registers, with its success status", () => {
-    const routes = describeRestRoutes([CommandService, MachineService, TokenService]);
+    const routes = describeRestRoutes([CommandService, MachineService, TokenService, AuditService]);
     expect(routes.length).toBeGreaterThan(10);
     for (const r of routes) {
       const op = doc.paths[r.path.replace(/=\*\}/g, "}")]?.[r.method.toLowerCase()];

@@ -4,8 +4,10 @@
  * never rename or edit an applied one.
  */
 import type { MigrationObject } from "@mikro-orm/core";
+import { Audit as PostgresAudit } from "./postgresql/audit.ts";
 import { InitialSchema as PostgresInitialSchema } from "./postgresql/initial-schema.ts";
 import { MachineSecurity as PostgresMachineSecurity } from "./postgresql/machine-security.ts";
+import { Audit as SqliteAudit } from "./sqlite/audit.ts";
 import { InitialSchema as SqliteInitialSchema } from "./sqlite/initial-schema.ts";
 import { MachineSecurity as SqliteMachineSecurity } from "./sqlite/machine-security.ts";
 import { Tokens as PostgresTokens } from "./postgresql/tokens.ts";
@@ -15,10 +17,12 @@ export const SQLITE_MIGRATIONS: MigrationObject[] = [
   { name: "0001_initial_schema", class: SqliteInitialSchema },
   { name: "0002_machine_security", class: SqliteMachineSecurity },
   { name: "0003_tokens", class: SqliteTokens },
+  { name: "0004_audit", class: SqliteAudit },
 ];
 
 export const POSTGRESQL_MIGRATIONS: MigrationObject[] = [
   { name: "0001_initial_schema", class: PostgresInitialSchema },
   { name: "0002_machine_security", class: PostgresMachineSecurity },
   { name: "0003_tokens", class: PostgresTokens },
+  { name: "0004_audit", class: PostgresAudit },
 ];
