@@ -88,6 +88,36 @@ const SPECS = {
   maxCommandBytes: { env: "FLEETRUN_MAX_COMMAND_BYTES", description: "Largest `command`", default: 1_048_576, parse: int(1, 16_777_216) },
   maxEnvBytes: { env: "FLEETRUN_MAX_ENV_BYTES", description: "Largest `env`, names and values together", default: 262_144, parse: int(1, 16_777_216) },
   bodyLimit: { env: "FLEETRUN_BODY_LIMIT_BYTES", description: "Largest request body (REST, Connect, gRPC message); larger is 413", default: 4_194_304, parse: int(1024, 268_435_456) },
+  headersTimeoutMs: {
+    env: "FLEETRUN_HEADERS_TIMEOUT_MS",
+    description: "A new connection must send its first request's headers (HTTP/1.1: every request's headers; HTTP/2: its first stream) within this, or it is closed",
+    default: 10_000,
+    parse: int(100, 600_000),
+  },
+  idleTimeoutMs: {
+    env: "FLEETRUN_IDLE_TIMEOUT_MS",
+    description: "A connection with no request or stream in flight (HTTP/1.1 keep-alive, HTTP/2 session) is closed after this; open streams are never cut",
+    default: 72_000,
+    parse: int(100, 3_600_000),
+  },
+  maxConnectionsPerAddress: {
+    env: "FLEETRUN_MAX_CONNECTIONS_PER_ADDRESS",
+    description: "Open connections one client address (IPv6: one /64) may hold; more are closed at once; 0: no cap (raise it behind a proxy)",
+    default: 512,
+    parse: int(0, 1_000_000),
+  },
+  maxConnections: {
+    env: "FLEETRUN_MAX_CONNECTIONS",
+    description: "Open client connections overall; more are closed at once; 0: no cap",
+    default: 10_000,
+    parse: int(0, 1_000_000),
+  },
+  metricsToken: {
+    env: "FLEETRUN_METRICS_TOKEN",
+    description: "Bearer token GET /metrics requires (Authorization: Bearer <it>); unset: /metrics is open",
+    default: null,
+    parse: optionalStr,
+  },
   shutdownGraceMs: {
     env: "FLEETRUN_SHUTDOWN_GRACE_MS",
     description: "On SIGTERM: how long waiting callers' commands may still run before they are cancelled",
@@ -252,6 +282,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, argv: readonly 
   }
   if (config.adminToken !== null && config.adminToken.length < 16) {
     throw new ConfigError("FLEETRUN_ADMIN_TOKEN", "must be at least 16 characters (unset it to have one generated into the data dir)");
+  }
+  if (config.metricsToken !== null && config.metricsToken.length < 16) {
+    throw new ConfigError("FLEETRUN_METRICS_TOKEN", "must be at least 16 characters (unset it to leave /metrics open)");
   }
   if (config.databaseUrl !== null && !/^postgres(ql)?:\/\/[^/]/.test(config.databaseUrl)) {
     throw new ConfigError("DATABASE_URL", "must be a postgres://user@host:5432/db URL (unset it for SQLite in the data dir)");

@@ -22,6 +22,35 @@ import type { FastifyInstance, FastifyServerOptions } from "fastify";
 /** The client connection preface every HTTP/2 connection starts with (RFC 9113 §3.4). */
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
 
+/** How long a connection whose request was answered before it was read is drained before it is destroyed (ms). */
+const LINGER_MS = 2_000;
+
+/** How long an idle HTTP/2 session that got GOAWAY may keep its socket (ms). */
+const GOAWAY_GRACE_MS = 1_000;
+
+/**
+ * The key connections are counted under: the IPv4 address (also when mapped
+ * into IPv6), or the /64 prefix of an IPv6 address (one host usually holds a
+ * whole /64).
+ */
+export function addressKey(remoteAddress: string | undefined): string {
+  let a = remoteAddress ?? "";
+  if (/^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(a)) return a.slice(7);
+  if (!a.includes(":")) return a;
+  const zone = a.indexOf("%");
+  if (zone !== -1) a = a.slice(0, zone);
+  const groups = (part: string): string[] => (part === "" ? [] : part.split(":").flatMap((g) => (g.includes(".") ? ["0", "0"] : [g])));
+  const gap = a.indexOf("::");
+  let all: string[];
+  if (gap === -1) all = groups(a);
+  else {
+    const head = groups(a.slice(0, gap));
+    const tail = groups(a.slice(gap + 2));
+    all = [...head, ...Array<string>(Math.max(0, 8 - head.length - tail.length)).fill("0"), ...tail];
+  }
+  return all.slice(0, 4).map((g) => (parseInt(g, 16) || 0).toString(16)).join(":") + "::/64";
+}
+
 export interface TlsOptions {
   /** PEM certificate chain. */
   cert: string | Buffer;
@@ -41,14 +70,35 @@ export interface OnePortServerOptions {
   headersTimeout?: number | undefined;
   /** HTTP/1.1: time to receive the whole request, in ms; 0 disables it. @default 300_000 */
   requestTimeout?: number | undefined;
-  /** HTTP/1.1: how long an idle keep-alive connection stays open, in ms. @default 72_000 */
-  keepAliveTimeout?: number | undefined;
+  /**
+   * How long a connection with nothing in flight stays open, in ms: an HTTP/1.1
+   * keep-alive connection between requests, an HTTP/2 session without an open
+   * stream (it gets GOAWAY; pings and settings do not count as activity). An
+   * HTTP/2 session must open its first stream within `headersTimeout`.
+   * Streams that stay open (a follower of a long command) are never cut by it.
+   * @default 72_000
+   */
+  idleTimeout?: number | undefined;
   /** HTTP/1.1: how often the header and request timeouts are checked, in ms. @default 1_000 */
   connectionsCheckingInterval?: number | undefined;
-  /** HTTP/2: a session without any frame for this long is closed gracefully (GOAWAY), in ms. @default 72_000 */
-  http2SessionTimeout?: number | undefined;
   /** HTTP/1.1: largest request header block, in bytes. @default 16_384 */
   maxHeaderSize?: number | undefined;
+  /**
+   * Open connections one client address may hold (IPv4 address, or IPv6 /64);
+   * a connection beyond it is closed at once, before a byte is read. 0: no cap.
+   * @default 0
+   */
+  maxConnectionsPerAddress?: number | undefined;
+  /** Open connections overall; beyond it new connections are closed at once. 0: no cap. @default 0 */
+  maxConnections?: number | undefined;
+  /** Called for each connection closed by a cap. */
+  onConnectionRefused?: ((reason: "per_address" | "total", address: string) => void) | undefined;
+  /**
+   * Largest request body, in bytes. An HTTP/1.1 request that sends
+   * `Expect: 100-continue` with a larger `Content-Length` is answered 413 at
+   * once, without `100 Continue`. @default undefined (no check)
+   */
+  bodyLimit?: number | undefined;
 }
 
 /**
@@ -85,13 +135,15 @@ type RequestHandler = (
 export function createOnePortServer(handler: RequestHandler, options: OnePortServerOptions = {}): OnePortServer {
   const headersTimeout = options.headersTimeout ?? 30_000;
   const requestTimeout = options.requestTimeout ?? 300_000;
-  const http2SessionTimeout = options.http2SessionTimeout ?? 72_000;
+  const idleTimeout = options.idleTimeout ?? 72_000;
+  const perAddress = options.maxConnectionsPerAddress ?? 0;
+  const bodyLimit = options.bodyLimit;
 
   const h1 = http.createServer(
     {
       headersTimeout: requestTimeout > 0 ? Math.min(headersTimeout, requestTimeout) : headersTimeout,
       requestTimeout,
-      keepAliveTimeout: options.keepAliveTimeout ?? 72_000,
+      keepAliveTimeout: idleTimeout,
       connectionsCheckingInterval: options.connectionsCheckingInterval ?? 1_000,
       maxHeaderSize: options.maxHeaderSize ?? 16_384,
     },
@@ -103,25 +155,94 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortSer
   /** Sockets whose protocol is not decided yet. */
   const undecided = new Set<net.Socket>();
   const sessions = new Set<http2.ServerHttp2Session>();
+  /** Open connections per client address (see {@link addressKey}). */
+  const perAddressCount = new Map<string, number>();
+  /** The latest request of each HTTP/1.1 connection (for the lingering close). */
+  const lastRequest = new WeakMap<net.Socket, http.IncomingMessage>();
   let closing = false;
   let reaper: NodeJS.Timeout | undefined;
 
   h2.on("session", (session) => {
     sessions.add(session);
-    session.once("close", () => sessions.delete(session));
+    // Idle means no open stream: pings and settings frames do not keep a session.
+    // Until its first stream a session gets `headersTimeout`, as a new HTTP/1.1
+    // connection has for its first request.
+    let open = 0;
+    let idle: NodeJS.Timeout | undefined;
+    const arm = (ms: number): void => {
+      clearTimeout(idle);
+      if (ms <= 0) return;
+      idle = setTimeout(() => {
+        if (open > 0 || session.closed || session.destroyed) return;
+        session.close();
+        // A client that ignores GOAWAY does not keep the socket either.
+        setTimeout(() => session.destroy(), GOAWAY_GRACE_MS).unref();
+      }, ms);
+      idle.unref();
+    };
+    session.on("stream", (stream: http2.ServerHttp2Stream) => {
+      open++;
+      clearTimeout(idle);
+      stream.once("close", () => {
+        if (--open === 0) arm(idleTimeout);
+      });
+    });
+    session.once("close", () => {
+      clearTimeout(idle);
+      sessions.delete(session);
+    });
     // A session error is reported on the session and then destroys it; there is
     // nothing to add for the service, but it must not become an uncaught error.
     session.on("error", () => {});
-    if (http2SessionTimeout > 0) {
-      session.setTimeout(http2SessionTimeout, () => session.close());
-    }
+    arm(headersTimeout);
     if (closing) session.close();
   });
   h2.on("sessionError", () => {});
-  h1.on("request", (_req: http.IncomingMessage, res: http.ServerResponse) => {
+  h1.on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
+    lastRequest.set(req.socket, req);
     // A request that arrives while the server drains gets `Connection: close`.
     if (closing && !res.headersSent) res.shouldKeepAlive = false;
   });
+  // Without this listener Node answers `100 Continue` by itself, and a body
+  // over the limit is then refused while the client uploads it.
+  h1.on("checkContinue", (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const length = Number(req.headers["content-length"]);
+    if (bodyLimit !== undefined && Number.isFinite(length) && length > bodyLimit) {
+      lastRequest.set(req.socket, req);
+      const body = JSON.stringify({ error: { code: "resource_exhausted", message: `request body is larger than ${bodyLimit} bytes` } });
+      res.shouldKeepAlive = false;
+      res.writeHead(413, { "content-type": "application/json; charset=utf-8", "content-length": Buffer.byteLength(body) });
+      res.end(body);
+      return;
+    }
+    res.writeContinue();
+    h1.emit("request", req, res);
+  });
+
+  /**
+   * Replaces Node's close after a `Connection: close` response with a lingering
+   * close when the request was not read to its end (a 413 while the client still
+   * uploads): our side ends after the response, the rest of the body is read and
+   * dropped, and the socket is destroyed once the client ends or after
+   * LINGER_MS. Closing at once would make the kernel answer the client's
+   * pending data with a reset, which often destroys the response unread.
+   */
+  function lingerOnClose(socket: net.Socket): void {
+    const destroySoon = socket.destroySoon.bind(socket);
+    socket.destroySoon = () => {
+      const req = lastRequest.get(socket);
+      if (req === undefined || req.complete || socket.destroyed) {
+        destroySoon();
+        return;
+      }
+      req.resume();
+      const timer = setTimeout(() => socket.destroy(), LINGER_MS);
+      timer.unref();
+      socket.once("end", () => socket.destroy());
+      socket.once("close", () => clearTimeout(timer));
+      socket.end();
+    };
+  }
 
   function dispatch(socket: net.Socket, data: Buffer | undefined, useH2: boolean): void {
     undecided.delete(socket);
@@ -131,6 +252,7 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortSer
       // buffered bytes itself; flowing mode would lose them.
       h2.emit("connection", socket);
     } else {
+      lingerOnClose(socket);
       h1.emit("connection", socket);
     }
   }
@@ -189,15 +311,33 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortSer
     front.on("tlsClientError", () => {});
   } else {
     front = net.createServer({ noDelay: true });
-    front.on("connection", sniff);
   }
+  if ((options.maxConnections ?? 0) > 0) front.maxConnections = options.maxConnections!;
+  front.on("drop", (data?: { remoteAddress?: string }) => options.onConnectionRefused?.("total", data?.remoteAddress ?? ""));
 
-  // Track TCP connections for both variants: for TLS the raw socket arrives
-  // on "connection" before the handshake.
+  // Caps and tracking for both variants: for TLS the raw socket arrives on
+  // "connection" before the handshake, so a refused one costs no handshake.
   front.on("connection", (socket: net.Socket) => {
+    if (closing) {
+      socket.destroy();
+      return;
+    }
+    const key = addressKey(socket.remoteAddress);
+    const count = (perAddressCount.get(key) ?? 0) + 1;
+    if (perAddress > 0 && count > perAddress) {
+      socket.destroy();
+      options.onConnectionRefused?.("per_address", key);
+      return;
+    }
+    perAddressCount.set(key, count);
     sockets.add(socket);
-    socket.once("close", () => sockets.delete(socket));
-    if (closing) socket.destroy();
+    socket.once("close", () => {
+      sockets.delete(socket);
+      const left = (perAddressCount.get(key) ?? 1) - 1;
+      if (left > 0) perAddressCount.set(key, left);
+      else perAddressCount.delete(key);
+    });
+    if (options.tls === undefined) sniff(socket);
   });
 
   front.on("listening", () => {
@@ -281,12 +421,13 @@ export interface CreateFastifyOptions extends OnePortServerOptions {
  * default `http.Server`).
  */
 export function createFastify(options: CreateFastifyOptions = {}): FastifyInstance {
+  const bodyLimit = options.bodyLimit ?? 1_048_576;
   const app = fastify({
     ...options.fastify,
     logger: options.logger ?? false,
-    bodyLimit: options.bodyLimit ?? 1_048_576,
+    bodyLimit,
     serverFactory: (handler) =>
-      createOnePortServer(handler as RequestHandler, options) as unknown as http.Server,
+      createOnePortServer(handler as RequestHandler, { ...options, bodyLimit }) as unknown as http.Server,
   });
   return app;
 }
