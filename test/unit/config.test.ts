@@ -118,6 +118,16 @@ describe("configuration", () => {
     expect(loadConfig({ DATABASE_URL: "postgresql://u@db:5432/x" }).databaseUrl).toBe("postgresql://u@db:5432/x");
   });
 
+  it("validates the connection limits and the metrics token", () => {
+    const d = loadConfig({});
+    expect([d.headersTimeoutMs, d.idleTimeoutMs, d.maxConnectionsPerAddress, d.maxConnections, d.metricsToken]).toEqual([10_000, 72_000, 512, 10_000, null]);
+    expect(loadConfig({ FLEETRUN_MAX_CONNECTIONS_PER_ADDRESS: "0" }).maxConnectionsPerAddress).toBe(0);
+    expect(() => loadConfig({ FLEETRUN_HEADERS_TIMEOUT_MS: "0" })).toThrow(/^FLEETRUN_HEADERS_TIMEOUT_MS: must be an integer from 100 to/);
+    expect(() => loadConfig({ FLEETRUN_IDLE_TIMEOUT_MS: "1s" })).toThrow(/^FLEETRUN_IDLE_TIMEOUT_MS: must be an integer/);
+    expect(() => loadConfig({ FLEETRUN_MAX_CONNECTIONS_PER_ADDRESS: "-1" })).toThrow(/^FLEETRUN_MAX_CONNECTIONS_PER_ADDRESS: must be an integer/);
+    expect(() => loadConfig({ FLEETRUN_METRICS_TOKEN: "short" })).toThrow(/^FLEETRUN_METRICS_TOKEN: must be at least 16 characters/);
+  });
+
   it("names FLEETRUN_ variables that are no setting, with the closest one", () => {
     expect(unknownSettings({ FLEETRUN_LOCAL_MACHINES: "1", FLEETRUN_PORT: "1", FLEETRUN_DATA_DIR: "/x", PATH: "/bin", FLEETRUN_ZZZZZZZZZZZZZZ: "" })).toEqual([
       { env: "FLEETRUN_LOCAL_MACHINES", suggestion: "FLEETRUN_LOCAL_MACHINE" },
