@@ -132,7 +132,6 @@ async function main(): Promise<void> {
   const pretty = process.stdout.isTTY === true;
   const app = buildApp({ config, stores, ssh, local, adminToken: admin.token, logger: loggerOptions(config.logLevel, pretty), tls });
   const log = app.fastify.log;
-  if (dataDirReport.created) log.info({ data_dir: config.dataDir }, `created the data dir ${config.dataDir} (mode 0700)`);
   for (const t of dataDirReport.tightened) {
     log.warn({ path: t.path, from: octal(t.from), to: octal(t.to) }, `${t.path} was mode ${octal(t.from)}: narrowed to ${octal(t.to)} (owner only)`);
   }
