@@ -18,38 +18,10 @@ import net from "node:net";
 import tls from "node:tls";
 import fastify from "fastify";
 import type { FastifyInstance, FastifyServerOptions } from "fastify";
+import { AddressCounter, addressKey, answerExpectContinue, closeWhenIdle, LingeringClose } from "./connection-guards.ts";
 
 /** The client connection preface every HTTP/2 connection starts with (RFC 9113 §3.4). */
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
-
-/** How long a connection whose request was answered before it was read is drained before it is destroyed (ms). */
-const LINGER_MS = 2_000;
-
-/** How long an idle HTTP/2 session that got GOAWAY may keep its socket (ms). */
-const GOAWAY_GRACE_MS = 1_000;
-
-/**
- * The key connections are counted under: the IPv4 address (also when mapped
- * into IPv6), or the /64 prefix of an IPv6 address (one host usually holds a
- * whole /64).
- */
-export function addressKey(remoteAddress: string | undefined): string {
-  let a = remoteAddress ?? "";
-  if (/^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(a)) return a.slice(7);
-  if (!a.includes(":")) return a;
-  const zone = a.indexOf("%");
-  if (zone !== -1) a = a.slice(0, zone);
-  const groups = (part: string): string[] => (part === "" ? [] : part.split(":").flatMap((g) => (g.includes(".") ? ["0", "0"] : [g])));
-  const gap = a.indexOf("::");
-  let all: string[];
-  if (gap === -1) all = groups(a);
-  else {
-    const head = groups(a.slice(0, gap));
-    const tail = groups(a.slice(gap + 2));
-    all = [...head, ...Array<string>(Math.max(0, 8 - head.length - tail.length)).fill("0"), ...tail];
-  }
-  return all.slice(0, 4).map((g) => (parseInt(g, 16) || 0).toString(16)).join(":") + "::/64";
-}
 
 export interface TlsOptions {
   /** PEM certificate chain. */
@@ -155,94 +127,29 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortSer
   /** Sockets whose protocol is not decided yet. */
   const undecided = new Set<net.Socket>();
   const sessions = new Set<http2.ServerHttp2Session>();
-  /** Open connections per client address (see {@link addressKey}). */
-  const perAddressCount = new Map<string, number>();
-  /** The latest request of each HTTP/1.1 connection (for the lingering close). */
-  const lastRequest = new WeakMap<net.Socket, http.IncomingMessage>();
+  const perAddressCount = new AddressCounter();
+  const lingering = new LingeringClose();
   let closing = false;
   let reaper: NodeJS.Timeout | undefined;
 
   h2.on("session", (session) => {
     sessions.add(session);
-    // Idle means no open stream: pings and settings frames do not keep a session.
-    // Until its first stream a session gets `headersTimeout`, as a new HTTP/1.1
-    // connection has for its first request.
-    let open = 0;
-    let idle: NodeJS.Timeout | undefined;
-    const arm = (ms: number): void => {
-      clearTimeout(idle);
-      if (ms <= 0) return;
-      idle = setTimeout(() => {
-        if (open > 0 || session.closed || session.destroyed) return;
-        session.close();
-        // A client that ignores GOAWAY does not keep the socket either.
-        setTimeout(() => session.destroy(), GOAWAY_GRACE_MS).unref();
-      }, ms);
-      idle.unref();
-    };
-    session.on("stream", (stream: http2.ServerHttp2Stream) => {
-      open++;
-      clearTimeout(idle);
-      stream.once("close", () => {
-        if (--open === 0) arm(idleTimeout);
-      });
-    });
-    session.once("close", () => {
-      clearTimeout(idle);
-      sessions.delete(session);
-    });
+    session.once("close", () => sessions.delete(session));
     // A session error is reported on the session and then destroys it; there is
     // nothing to add for the service, but it must not become an uncaught error.
     session.on("error", () => {});
-    arm(headersTimeout);
+    // Until its first stream a session gets `headersTimeout`, as a new HTTP/1.1
+    // connection has for its first request.
+    closeWhenIdle(session, headersTimeout, idleTimeout);
     if (closing) session.close();
   });
   h2.on("sessionError", () => {});
   h1.on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
-    lastRequest.set(req.socket, req);
+    lingering.noteRequest(req);
     // A request that arrives while the server drains gets `Connection: close`.
     if (closing && !res.headersSent) res.shouldKeepAlive = false;
   });
-  // Without this listener Node answers `100 Continue` by itself, and a body
-  // over the limit is then refused while the client uploads it.
-  h1.on("checkContinue", (req: http.IncomingMessage, res: http.ServerResponse) => {
-    const length = Number(req.headers["content-length"]);
-    if (bodyLimit !== undefined && Number.isFinite(length) && length > bodyLimit) {
-      lastRequest.set(req.socket, req);
-      const body = JSON.stringify({ error: { code: "resource_exhausted", message: `request body is larger than ${bodyLimit} bytes` } });
-      res.shouldKeepAlive = false;
-      res.writeHead(413, { "content-type": "application/json; charset=utf-8", "content-length": Buffer.byteLength(body) });
-      res.end(body);
-      return;
-    }
-    res.writeContinue();
-    h1.emit("request", req, res);
-  });
-
-  /**
-   * Replaces Node's close after a `Connection: close` response with a lingering
-   * close when the request was not read to its end (a 413 while the client still
-   * uploads): our side ends after the response, the rest of the body is read and
-   * dropped, and the socket is destroyed once the client ends or after
-   * LINGER_MS. Closing at once would make the kernel answer the client's
-   * pending data with a reset, which often destroys the response unread.
-   */
-  function lingerOnClose(socket: net.Socket): void {
-    const destroySoon = socket.destroySoon.bind(socket);
-    socket.destroySoon = () => {
-      const req = lastRequest.get(socket);
-      if (req === undefined || req.complete || socket.destroyed) {
-        destroySoon();
-        return;
-      }
-      req.resume();
-      const timer = setTimeout(() => socket.destroy(), LINGER_MS);
-      timer.unref();
-      socket.once("end", () => socket.destroy());
-      socket.once("close", () => clearTimeout(timer));
-      socket.end();
-    };
-  }
+  answerExpectContinue(h1, bodyLimit, lingering);
 
   function dispatch(socket: net.Socket, data: Buffer | undefined, useH2: boolean): void {
     undecided.delete(socket);
@@ -252,7 +159,7 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortSer
       // buffered bytes itself; flowing mode would lose them.
       h2.emit("connection", socket);
     } else {
-      lingerOnClose(socket);
+      lingering.install(socket);
       h1.emit("connection", socket);
     }
   }
@@ -323,19 +230,15 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortSer
       return;
     }
     const key = addressKey(socket.remoteAddress);
-    const count = (perAddressCount.get(key) ?? 0) + 1;
-    if (perAddress > 0 && count > perAddress) {
+    if (!perAddressCount.admit(key, perAddress)) {
       socket.destroy();
       options.onConnectionRefused?.("per_address", key);
       return;
     }
-    perAddressCount.set(key, count);
     sockets.add(socket);
     socket.once("close", () => {
       sockets.delete(socket);
-      const left = (perAddressCount.get(key) ?? 1) - 1;
-      if (left > 0) perAddressCount.set(key, left);
-      else perAddressCount.delete(key);
+      perAddressCount.release(key);
     });
     if (options.tls === undefined) sniff(socket);
   });

@@ -7,7 +7,7 @@
 import { describe, expect, it } from "vitest";
 import { redactUrl } from "../../src/rest/log-serializers.ts";
 import { queryParams } from "../../src/rest/query-params.ts";
-import { addressKey } from "../../src/server/one-port-server.ts";
+import { addressKey } from "../../src/server/connection-guards.ts";
 
 const TOKEN = "frt_S3cr3tT0k3nValue_xyz";
 
