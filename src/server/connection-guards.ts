@@ -2,14 +2,17 @@
  * Defences of the one-port server against clients that hold connections or
  * send more than they may (used by one-port-server.ts):
  * - connections counted per client address, for a cap;
- * - HTTP/2 sessions closed when no stream is open for a while;
+ * - HTTP/2 sessions closed when no stream is open for a while, and streams
+ *   reset when their request does not arrive whole in time;
  * - a 413 for `Expect: 100-continue` with a body over the limit, instead of
  *   `100 Continue` and then a refusal while the client uploads;
  * - a lingering close after a response sent before its request was read.
  */
 import type http from "node:http";
-import type http2 from "node:http2";
+import http2 from "node:http2";
 import type net from "node:net";
+
+const { NGHTTP2_CANCEL } = http2.constants;
 
 /** How long a connection whose request was answered before it was read is drained before it is destroyed (ms). */
 export const LINGER_MS = 2_000;
@@ -87,6 +90,25 @@ export function closeWhenIdle(session: http2.ServerHttp2Session, firstStreamMs: 
   });
   session.once("close", () => clearTimeout(idle));
   arm(firstStreamMs);
+}
+
+/**
+ * The HTTP/2 counterpart of HTTP/1.1's request timeout: a stream whose request
+ * has not arrived whole within `requestMs`, and that has no response started,
+ * is reset (RST_STREAM CANCEL). Without it a client could hold streams open
+ * forever by sending HEADERS and never the end of the body, and an open
+ * stream keeps its session from counting as idle.
+ */
+export function limitRequestTime(session: http2.ServerHttp2Session, requestMs: number): void {
+  if (requestMs <= 0) return;
+  session.on("stream", (stream: http2.ServerHttp2Stream) => {
+    if (stream.endAfterHeaders) return;
+    const timer = setTimeout(() => {
+      if (!stream.readableEnded && !stream.headersSent && !stream.destroyed && !stream.closed) stream.close(NGHTTP2_CANCEL);
+    }, requestMs);
+    timer.unref();
+    stream.once("close", () => clearTimeout(timer));
+  });
 }
 
 /**

@@ -18,7 +18,7 @@ import net from "node:net";
 import tls from "node:tls";
 import fastify from "fastify";
 import type { FastifyInstance, FastifyServerOptions } from "fastify";
-import { AddressCounter, addressKey, answerExpectContinue, closeWhenIdle, LingeringClose } from "./connection-guards.ts";
+import { AddressCounter, addressKey, answerExpectContinue, closeWhenIdle, LingeringClose, limitRequestTime } from "./connection-guards.ts";
 
 /** The client connection preface every HTTP/2 connection starts with (RFC 9113 §3.4). */
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
@@ -40,7 +40,7 @@ export interface OnePortServerOptions {
    * @default 30_000
    */
   headersTimeout?: number | undefined;
-  /** HTTP/1.1: time to receive the whole request, in ms; 0 disables it. @default 300_000 */
+  /** Time to receive the whole request, in ms (HTTP/1.1: 408; HTTP/2: the stream is reset); 0 disables it. @default 300_000 */
   requestTimeout?: number | undefined;
   /**
    * How long a connection with nothing in flight stays open, in ms: an HTTP/1.1
@@ -141,6 +141,7 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortSer
     // Until its first stream a session gets `headersTimeout`, as a new HTTP/1.1
     // connection has for its first request.
     closeWhenIdle(session, headersTimeout, idleTimeout);
+    limitRequestTime(session, requestTimeout);
     if (closing) session.close();
   });
   h2.on("sessionError", () => {});

@@ -16,6 +16,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CommandService } from "../../src/gen/fleetrun/v1/command_pb.js";
+import { createFastify, listenOnePort } from "../../src/server/one-port-server.ts";
 import { GrpcClient, TOKEN, eventually, freePort, spawnService, startService, type TestService } from "../fixtures/service.ts";
 
 const run = promisify(execFile);
@@ -196,6 +197,48 @@ describe("slow and idle connections", () => {
       expect(lines.at(-1)).toContain('"end"');
     } finally {
       grpc.close();
+    }
+  });
+});
+
+describe("HTTP/2 streams whose request never ends", () => {
+  it("are reset after the request timeout while the session and other streams go on", async () => {
+    // The service's request timeout is 300 s: a bare server with a short one shows the same code path.
+    const app = createFastify({ requestTimeout: 500, idleTimeout: 60_000, headersTimeout: 60_000 });
+    app.get("/healthz", async () => ({ ok: true }));
+    app.post("/upload", async (req) => ({ got: (req.body as Buffer | undefined)?.length ?? 0 }));
+    app.addContentTypeParser("*", { parseAs: "buffer" }, (_req, body, done) => done(null, body));
+    const server = await listenOnePort(app, { host: "127.0.0.1", port: 0 });
+    const session = http2.connect(server.url);
+    session.on("error", () => {});
+    try {
+      // HEADERS without END_STREAM, then one DATA frame and never the end.
+      const stuck = session.request({ ":method": "POST", ":path": "/upload", "content-type": "application/octet-stream" });
+      stuck.write("partial");
+      const t0 = performance.now();
+      const rst = await new Promise<number>((resolve) => {
+        stuck.on("error", () => {});
+        stuck.on("close", () => resolve(stuck.rstCode ?? -1));
+        stuck.resume();
+      });
+      expect(rst).toBe(http2.constants.NGHTTP2_CANCEL);
+      expect(performance.now() - t0).toBeGreaterThanOrEqual(400);
+      expect(performance.now() - t0).toBeLessThan(3_000);
+      // The session still serves, also a slow upload that does end in time.
+      const ok = await new Promise<string>((resolve, reject) => {
+        const st = session.request({ ":method": "POST", ":path": "/upload", "content-type": "application/octet-stream" });
+        let body = "";
+        st.setEncoding("utf8");
+        st.on("data", (c: string) => (body += c));
+        st.on("end", () => resolve(body));
+        st.on("error", reject);
+        st.write("abc");
+        setTimeout(() => st.end("def"), 200); // a slow client, not synchronisation
+      });
+      expect(JSON.parse(ok)).toEqual({ got: 6 });
+    } finally {
+      session.destroy();
+      await server.close(100);
     }
   });
 });
