@@ -240,11 +240,31 @@ export function flagOf(env: string): string {
 }
 
 /**
- * `--name=value` and `--name value` for every setting, as variables by name. A flag
- * wins over the variable. Unknown flags and stray arguments are refused.
+ * Settings that are secrets: never taken from the command line, which every
+ * local user can read (`ps`, /proc/<pid>/cmdline). DATABASE_URL is refused
+ * there only when it holds a password.
+ */
+const SECRET_SETTINGS: ReadonlySet<string> = new Set(["FLEETRUN_ADMIN_TOKEN", "FLEETRUN_METRICS_TOKEN"]);
+
+/** Whether a setting can be given as a flag (secrets cannot). */
+export function hasFlag(env: string): boolean {
+  return !SECRET_SETTINGS.has(env);
+}
+
+/**
+ * `--name=value` and `--name value` for every setting but the secrets, as variables
+ * by name. A flag wins over the variable. Unknown flags, secrets and stray arguments
+ * are refused.
  */
 export function flagsToEnv(argv: readonly string[]): Record<string, string> {
-  const byFlag = new Map(Object.values(SPECS).map((s) => [flagOf(s.env), s.env] as const));
+  for (const arg of argv) {
+    const flag = arg.split("=")[0]!;
+    const secret = [...SECRET_SETTINGS].find((env) => flagOf(env) === flag);
+    if (secret !== undefined) {
+      throw new ConfigError(flag, `is a secret, and a command line is visible to every local user: set ${secret} in the environment instead`);
+    }
+  }
+  const byFlag = new Map(Object.values(SPECS).filter((s) => hasFlag(s.env)).map((s) => [flagOf(s.env), s.env] as const));
   const out: Record<string, string> = {};
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -258,6 +278,9 @@ export function flagsToEnv(argv: readonly string[]): Record<string, string> {
     if (eq !== -1) value = arg.slice(eq + 1);
     else if (i + 1 < argv.length && !argv[i + 1]!.startsWith("--")) value = argv[++i];
     if (value === undefined) throw new ConfigError(flag, `needs a value: ${flag}=VALUE or ${flag} VALUE`);
+    if (env === "DATABASE_URL" && /^[a-z]+:\/\/[^/@]*:[^/@]*@/i.test(value)) {
+      throw new ConfigError(flag, "holds a password, and a command line is visible to every local user: set DATABASE_URL in the environment instead");
+    }
     out[env] = value;
   }
   return out;
@@ -329,5 +352,5 @@ function editDistance(a: string, b: string): number {
 
 /** The table of keys, for `--help` and the README. */
 export function describeConfig(): { env: string; flag: string; default: unknown; description: string }[] {
-  return Object.values(SPECS).map((s) => ({ env: s.env, flag: flagOf(s.env), default: s.default, description: s.description }));
+  return Object.values(SPECS).map((s) => ({ env: s.env, flag: hasFlag(s.env) ? flagOf(s.env) : "—", default: s.default, description: s.description }));
 }

@@ -118,6 +118,14 @@ describe("configuration", () => {
     expect(loadConfig({ DATABASE_URL: "postgresql://u@db:5432/x" }).databaseUrl).toBe("postgresql://u@db:5432/x");
   });
 
+  it("refuses secrets on the command line (visible to every local user), naming the variable to use", () => {
+    expect(() => loadConfig({}, ["--admin-token", "a".repeat(20)])).toThrow(/^--admin-token: is a secret, .*: set FLEETRUN_ADMIN_TOKEN in the environment instead$/);
+    expect(() => loadConfig({}, [`--metrics-token=${"m".repeat(20)}`])).toThrow(/^--metrics-token: is a secret, .*set FLEETRUN_METRICS_TOKEN in the environment/);
+    expect(() => loadConfig({}, ["--database-url", "postgres://u:pw@db/x"])).toThrow(/^--database-url: holds a password, .*set DATABASE_URL in the environment/);
+    expect(loadConfig({}, ["--database-url", "postgres://u@db/x"]).databaseUrl).toBe("postgres://u@db/x");
+    expect(loadConfig({ FLEETRUN_ADMIN_TOKEN: "a".repeat(20) }).adminToken).toBe("a".repeat(20));
+  });
+
   it("validates the connection limits and the metrics token", () => {
     const d = loadConfig({});
     expect([d.headersTimeoutMs, d.idleTimeoutMs, d.maxConnectionsPerAddress, d.maxConnections, d.metricsToken]).toEqual([10_000, 72_000, 512, 10_000, null]);
