@@ -38,7 +38,6 @@ beforeAll(async () => {
       FLEETRUN_BODY_LIMIT_BYTES: String(BODY_LIMIT),
       FLEETRUN_HEADERS_TIMEOUT_MS: String(HEADERS_TIMEOUT_MS),
       FLEETRUN_IDLE_TIMEOUT_MS: String(IDLE_TIMEOUT_MS),
-      FLEETRUN_MAX_CONNECTIONS_PER_ADDRESS: String(PER_ADDRESS),
       FLEETRUN_METRICS_TOKEN: "metrics-token-0123456789",
     },
   });
@@ -244,7 +243,16 @@ describe("HTTP/2 streams whose request never ends", () => {
 });
 
 describe("connections per client address", () => {
+  let capped: TestService;
+  beforeAll(async () => {
+    capped = await startService({ env: { FLEETRUN_MAX_CONNECTIONS_PER_ADDRESS: String(PER_ADDRESS), FLEETRUN_METRICS_TOKEN: "metrics-token-0123456789" } });
+  });
+  afterAll(async () => {
+    await capped?.close();
+  });
+
   it("closes connections beyond the cap at once while other addresses are served", async () => {
+    const svc = capped;
     // Held open: each sends part of a request line (within the headers timeout).
     const held = Array.from({ length: PER_ADDRESS }, () => raw(svc.port, "127.0.0.2"));
     await Promise.all(held.map((h) => h.connected));
@@ -272,6 +280,28 @@ describe("connections per client address", () => {
     const metrics = await h1Status(svc.port, "/metrics", "127.0.0.4", { authorization: "Bearer metrics-token-0123456789" });
     const refused = /^fleetrun_connections_refused_total\{reason="per_address"\} (\d+)$/m.exec(metrics.body);
     expect(Number(refused?.[1])).toBeGreaterThanOrEqual(1);
+  });
+});
+
+describe("connections overall", () => {
+  it("closes connections beyond FLEETRUN_MAX_CONNECTIONS at once and reports them", async () => {
+    const refused: string[] = [];
+    const app = createFastify({ maxConnections: 2, onConnectionRefused: (reason) => refused.push(reason) });
+    app.get("/healthz", async () => ({ ok: true }));
+    const server = await listenOnePort(app, { host: "127.0.0.1", port: 0 });
+    try {
+      const held = [raw(server.port, "127.0.0.6"), raw(server.port, "127.0.0.7")];
+      await Promise.all(held.map((h) => h.connected));
+      await eventually(() => (app.server as unknown as { connectionCount(): number }).connectionCount() === 2, 5_000, "two connections");
+      const over = raw(server.port, "127.0.0.8");
+      await over.connected;
+      await eventually(() => over.closedAt() > 0, 5_000, "the third connection to be closed");
+      expect(refused).toEqual(["total"]);
+      for (const h of held) h.socket.destroy();
+      await eventually(async () => (await h1Status(server.port, "/healthz", "127.0.0.8")).status === 200, 5_000, "a place again");
+    } finally {
+      await server.close(100);
+    }
   });
 });
 
