@@ -11,6 +11,8 @@ import { settingName, type Config } from "./config.ts";
 import { Admission } from "./exec/admission.ts";
 import { BatchRunner } from "./exec/batch-runner.ts";
 import { CommandEngine } from "./exec/command-engine.ts";
+import { NO_AUDIT, type AuditSink } from "./exec/audit-port.ts";
+import { createHostKeyTrust } from "./exec/host-key-trust.ts";
 import { MachineRegistry } from "./exec/machine-registry.ts";
 import type { MachineRecord, Stores, Transport } from "./exec/ports.ts";
 import { CommandService } from "./gen/fleetrun/v1/command_pb.js";
@@ -41,6 +43,8 @@ export interface AppDeps {
   /** fastify/pino logger options; false disables logging (tests). */
   logger?: FastifyServerOptions["logger"];
   tls?: { cert: string | Buffer; key: string | Buffer } | undefined;
+  /** Where the service reports what it did (host keys pinned, refused, accepted unchecked). @default NO_AUDIT */
+  audit?: AuditSink;
 }
 
 export interface App {
@@ -96,6 +100,7 @@ function localMachineRecord(): MachineRecord {
     password: null,
     hostKeyFingerprint: null,
     hostKeyAlgorithm: null,
+    hostKeyPolicy: null,
     labels: { builtin: "true" },
     createdAt: epoch,
     updatedAt: epoch,
@@ -155,6 +160,8 @@ export function buildApp(deps: AppDeps): App {
   fastify.addHook("onClose", async () => lagSampler.stop());
 
   const localMachine = config.localMachine ? localMachineRecord() : null;
+  // Host keys of tofu machines are recorded in the store before authentication; checks are audited.
+  deps.ssh.useHostKeyTrust?.(createHostKeyTrust(stores.machines, deps.audit ?? NO_AUDIT));
   const engine = new CommandEngine({
     stores,
     ssh: deps.ssh,

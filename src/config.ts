@@ -4,6 +4,7 @@
  * mirrors this table.
  */
 import path from "node:path";
+import { parseKeys } from "./secrets/key-ring.ts";
 import { parseCorsOrigin } from "./server/cors.ts";
 import type { SshTransportOptions } from "./ssh/ssh-transport.ts";
 
@@ -73,6 +74,19 @@ const SPECS = {
   adminToken: {
     env: "FLEETRUN_ADMIN_TOKEN",
     description: "Admin bearer token; unset: generated at first start into <data dir>/admin-token",
+    default: null,
+    parse: optionalStr,
+  },
+  secretKey: {
+    env: "FLEETRUN_SECRET_KEY",
+    description:
+      "Keys that encrypt stored credentials: 32 random bytes in base64 each (openssl rand -base64 32), comma-separated, newest first; unset: FLEETRUN_SECRET_KEY_FILE or <data dir>/secret-key",
+    default: null,
+    parse: optionalStr,
+  },
+  secretKeyFile: {
+    env: "FLEETRUN_SECRET_KEY_FILE",
+    description: "File holding the keys in FLEETRUN_SECRET_KEY's format; unset (and no FLEETRUN_SECRET_KEY): <data dir>/secret-key, generated at first start (mode 0600)",
     default: null,
     parse: optionalStr,
   },
@@ -308,6 +322,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, argv: readonly 
   }
   if (config.metricsToken !== null && config.metricsToken.length < 16) {
     throw new ConfigError("FLEETRUN_METRICS_TOKEN", "must be at least 16 characters (unset it to leave /metrics open)");
+  }
+  if (config.secretKey !== null && config.secretKeyFile !== null) {
+    throw new ConfigError("FLEETRUN_SECRET_KEY", "set FLEETRUN_SECRET_KEY or FLEETRUN_SECRET_KEY_FILE, not both");
+  }
+  if (config.secretKey !== null) {
+    try {
+      parseKeys(config.secretKey, "FLEETRUN_SECRET_KEY");
+    } catch (err) {
+      throw new ConfigError("FLEETRUN_SECRET_KEY", (err as Error).message.replace(/^FLEETRUN_SECRET_KEY: /, ""));
+    }
   }
   if (config.databaseUrl !== null && !/^postgres(ql)?:\/\/[^/]/.test(config.databaseUrl)) {
     throw new ConfigError("DATABASE_URL", "must be a postgres://user@host:5432/db URL (unset it for SQLite in the data dir)");

@@ -15,6 +15,7 @@ import { ConfigError, describeConfig, loadConfig, sshOptionsFrom, unknownSetting
 import { DataDirLockedError, lockDataDir, type DataDirLock } from "./data-dir-lock.ts";
 import { openStores } from "./db/index.ts";
 import { createPrivateFile, octal, secureDataDir, securePrivateFiles, SharedDataDirError, type DataDirReport } from "./file-modes.ts";
+import { loadKeyRing, SecretKeyError } from "./secrets/index.ts";
 import { listenOnePort } from "./server/one-port-server.ts";
 import { createLocalTransport, createSshTransport } from "./ssh/index.ts";
 import { sshNativeCrypto } from "./ssh/native-crypto.ts";
@@ -87,6 +88,9 @@ async function main(): Promise<void> {
   }
   const config = loadConfig(process.env, argv);
   let dataDirReport: DataDirReport;
+  // Read once; commands on the built-in machine inherit this process's environment.
+  delete process.env.FLEETRUN_SECRET_KEY;
+  delete process.env.FLEETRUN_ADMIN_TOKEN;
   try {
     // 0700, and 0600 for the files in it, also when an older version or a volume left them wider.
     dataDirReport = secureDataDir(config.dataDir);
@@ -106,12 +110,14 @@ async function main(): Promise<void> {
     }
   }
   const admin = ensureAdminToken(config.dataDir, config.adminToken);
+  const keyRing = loadKeyRing(config);
   let stores: Awaited<ReturnType<typeof openStores>>;
   try {
     // SQLite gives the -wal and -shm files it creates the database file's mode.
     if (config.databaseUrl === null) createPrivateFile(path.join(config.dataDir, "fleetrun.db"));
-    stores = await openStores({ dataDir: config.dataDir, ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}) });
+    stores = await openStores({ dataDir: config.dataDir, secrets: keyRing.box, ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}) });
   } catch (err) {
+    if (err instanceof SecretKeyError) throw err;
     throw new StartupError(
       config.databaseUrl
         ? `cannot open the PostgreSQL database (${dbReason(err, config.databaseUrl)}): check DATABASE_URL`
@@ -144,6 +150,12 @@ async function main(): Promise<void> {
   }
   // A bug in a background task must not take every running command down with it.
   process.on("unhandledRejection", (err) => log.error({ err }, "unhandled rejection"));
+  for (const w of keyRing.warnings) log.warn(w);
+  if (keyRing.generated) log.info(`secret key generated into ${config.dataDir}/secret-key (mode 0600): keep it with backups of the database, which cannot be read without it`);
+  if (stores.secretsReport.sealed > 0) log.info({ values: stores.secretsReport.sealed }, "credentials stored in clear text by an earlier version are now encrypted");
+  if (stores.secretsReport.underOlderKeys > 0) {
+    log.info({ values: stores.secretsReport.underOlderKeys }, "some credentials are encrypted under an older key: npm run rotate-secrets re-encrypts them under the newest");
+  }
   for (const u of unknownSettings()) {
     log.warn(`${u.env} is not a fleetrun setting and is ignored${u.suggestion ? ` (did you mean ${u.suggestion}?)` : ""}; npm start -- --help lists them`);
   }
@@ -257,7 +269,7 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  if (err instanceof ConfigError || err instanceof StartupError) {
+  if (err instanceof ConfigError || err instanceof StartupError || err instanceof SecretKeyError) {
     process.stderr.write(`fleetrun: ${err.message}\n`);
     process.exit(2);
   }

@@ -116,6 +116,7 @@ async function oneDatabase(db: "sqlite" | "postgres", opts: HistoryOptions): Pro
       password: null,
       hostKeyFingerprint: null,
       hostKeyAlgorithm: null,
+      hostKeyPolicy: "tofu",
       labels: {},
       createdAt: at,
       updatedAt: at,

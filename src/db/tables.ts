@@ -17,6 +17,7 @@ export interface MachineRow {
   password: string | null;
   host_key_fingerprint: string | null;
   host_key_algorithm: string | null;
+  host_key_policy: string;
   labels: string;
   created_at: Int;
   updated_at: Int;

@@ -842,6 +842,7 @@ export class CommandEngine {
       password: null,
       hostKeyFingerprint: null,
       hostKeyAlgorithm: null,
+      hostKeyPolicy: null,
     };
     const run = newRun({ ...record }, unknownTarget, false);
     run.recovered = true;

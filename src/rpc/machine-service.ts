@@ -14,7 +14,7 @@ import {
 import { InvalidArgumentError } from "../exec/errors.ts";
 import type { MachineInput, MachineRegistry } from "../exec/machine-registry.ts";
 import { unary } from "./wrap.ts";
-import { machineToProto } from "./mapping.ts";
+import { hostKeyPolicyFromProto, hostKeyPolicyToProto, machineToProto } from "./mapping.ts";
 
 /** Parses `key=value,key2=value2`. */
 export function parseLabelSelector(s: string, field: string): Record<string, string> {
@@ -45,6 +45,7 @@ function machineInput(req: CreateMachineRequest | UpdateMachineRequest): Machine
     password: req.password,
     hostKeyFingerprint: req.hostKeyFingerprint,
     hostKeyAlgorithm: req.hostKeyAlgorithm,
+    hostKeyPolicy: hostKeyPolicyFromProto(req.hostKeyPolicy),
     labels: req.labels,
   };
 }
@@ -92,6 +93,8 @@ export function machineServiceImpl(registry: MachineRegistry, onInternal: (e: un
         ...(r.error ? { error: create(TestErrorSchema, r.error) } : {}),
         ...(r.hostKeyFingerprint ? { hostKeyFingerprint: r.hostKeyFingerprint } : {}),
         ...(r.hostKeyAlgorithm ? { hostKeyAlgorithm: r.hostKeyAlgorithm } : {}),
+        hostKeyPolicy: hostKeyPolicyToProto(r.hostKeyPolicy),
+        hostKeyPinned: r.hostKeyPinned,
       });
     }, onInternal),
   };

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openStores } from "../../src/db/index.ts";
+import { POSTGRESQL_MIGRATIONS, SQLITE_MIGRATIONS } from "../../src/db/migrations/index.ts";
 import type { SqlCommandStore } from "../../src/db/command-store.ts";
 import type { DbConfig } from "../../src/db/index.ts";
 import { AlreadyExistsError, InvalidArgumentError } from "../../src/exec/errors.ts";
@@ -45,6 +46,7 @@ function machine(overrides: Partial<MachineRecord> = {}): MachineRecord {
     password: null,
     hostKeyFingerprint: "SHA256:abc",
     hostKeyAlgorithm: "ssh-ed25519",
+    hostKeyPolicy: "pinned",
     labels: { env: "prod" },
     createdAt: at,
     updatedAt: at,
@@ -720,7 +722,9 @@ for (const driver of drivers) {
           }
           const third = await openStores(t.config);
           await third.close();
-          expect(await migrationsApplied(t.config)).toEqual(["0001_initial_schema"]);
+          const all = (t.config.databaseUrl ? POSTGRESQL_MIGRATIONS : SQLITE_MIGRATIONS).map((x) => x.name);
+          expect(all).toContain("0002_machine_security");
+          expect(await migrationsApplied(t.config)).toEqual(all);
         } finally {
           await t.cleanup();
         }

@@ -69,6 +69,7 @@ describe("files", SLOW, () => {
       "fleetrun.db-wal": "0600",
       "fleetrun.lock": "0600",
       "fleetrun.lock-journal": "0600",
+      "secret-key": "0600",
     });
     // Nothing needed narrowing: created so.
     expect(proc.output()).not.toMatch(/narrowed/);

@@ -5,12 +5,16 @@
  */
 import type { MigrationObject } from "@mikro-orm/core";
 import { InitialSchema as PostgresInitialSchema } from "./postgresql/initial-schema.ts";
+import { MachineSecurity as PostgresMachineSecurity } from "./postgresql/machine-security.ts";
 import { InitialSchema as SqliteInitialSchema } from "./sqlite/initial-schema.ts";
+import { MachineSecurity as SqliteMachineSecurity } from "./sqlite/machine-security.ts";
 
 export const SQLITE_MIGRATIONS: MigrationObject[] = [
   { name: "0001_initial_schema", class: SqliteInitialSchema },
+  { name: "0002_machine_security", class: SqliteMachineSecurity },
 ];
 
 export const POSTGRESQL_MIGRATIONS: MigrationObject[] = [
   { name: "0001_initial_schema", class: PostgresInitialSchema },
+  { name: "0002_machine_security", class: PostgresMachineSecurity },
 ];
