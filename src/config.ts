@@ -192,6 +192,30 @@ const SPECS = {
     default: 2_000,
     parse: int(1, 1_000_000),
   },
+  tokenMaxCommands: {
+    env: "FLEETRUN_TOKEN_MAX_COMMANDS",
+    description: "Commands one token (other than the bootstrap admin token) may have queued or running at once in this process (a batch counts its first wave); beyond it 429. A token's own limits may lower it",
+    default: 500,
+    parse: int(1, 1_000_000),
+  },
+  tokenRequestsPerSecond: {
+    env: "FLEETRUN_TOKEN_REQUESTS_PER_SECOND",
+    description: "Requests per second one token (other than the bootstrap admin token) may make, sustained; beyond it 429 with Retry-After",
+    default: 50,
+    parse: int(1, 1_000_000),
+  },
+  tokenBurst: {
+    env: "FLEETRUN_TOKEN_BURST",
+    description: "Requests one token may make in a burst above FLEETRUN_TOKEN_REQUESTS_PER_SECOND",
+    default: 200,
+    parse: int(1, 1_000_000),
+  },
+  tokenMaxStreams: {
+    env: "FLEETRUN_TOKEN_MAX_STREAMS",
+    description: "Streams one token (other than the bootstrap admin token) may hold open at once (WatchCommand, ExecuteAsync, BatchStream, REST /stream); beyond it 429",
+    default: 100,
+    parse: int(1, 1_000_000),
+  },
   batchConcurrency: { env: "FLEETRUN_BATCH_CONCURRENCY", description: "Default max_concurrency of a batch", default: 50, parse: int(1, 10_000) },
   batchMaxMachines: { env: "FLEETRUN_BATCH_MAX_MACHINES", description: "Largest batch", default: 5_000, parse: int(1, 100_000) },
   batchOutputCap: {

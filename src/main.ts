@@ -148,6 +148,12 @@ async function main(): Promise<void> {
   if (config.metricsToken === null && !isLoopback(config.host)) {
     log.warn({ host: config.host }, `GET /metrics is open to every client that reaches ${config.host} (its labels name machines): set FLEETRUN_METRICS_TOKEN to require a token`);
   }
+  try {
+    await app.tokensReady;
+  } catch (err) {
+    await stores.close().catch(() => {});
+    throw new StartupError(`cannot store the admin token's digest in the database (${dbReason(err, config.databaseUrl)})`);
+  }
   // A bug in a background task must not take every running command down with it.
   process.on("unhandledRejection", (err) => log.error({ err }, "unhandled rejection"));
   for (const w of keyRing.warnings) log.warn(w);

@@ -52,6 +52,7 @@ function record(machineId: string, createdMs: number): CommandRecord {
     errorMessage: null,
     batchId: null,
     requestedBy: "bench",
+    cancelledBy: null,
     runner: null,
     sync: true,
   };

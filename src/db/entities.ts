@@ -79,6 +79,7 @@ export const CommandEntity = defineEntity({
     errorMessage: p.text().nullable(),
     batchId: p.string().nullable(),
     requestedBy: p.string(),
+    cancelledBy: p.string().nullable(),
     /** JSON text of the runner state. */
     runner: p.text().nullable(),
     sync: p.boolean(),

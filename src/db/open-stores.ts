@@ -21,6 +21,7 @@ import { OrmMachineStore } from "./machine-store.ts";
 import { POSTGRESQL_MIGRATIONS, SQLITE_MIGRATIONS } from "./migrations/index.ts";
 import { PgHotPath, type PgPool } from "./pg-hot-path.ts";
 import { SqliteHotPath, type SqliteDatabase } from "./sqlite-hot-path.ts";
+import { SqlTokenStore } from "./token-store.ts";
 
 export interface DbConfig {
   /** `postgres://…` or `postgresql://…` selects PostgreSQL; unset = SQLite file `<dataDir>/fleetrun.db`. */
@@ -109,6 +110,7 @@ export async function openStores(config: DbConfig): Promise<OpenedStores> {
       return report;
     },
     batches: new OrmBatchStore(ctx),
+    tokens: new SqlTokenStore(ctx),
     async ping() {
       await ctx.fork().getConnection().execute("select 1");
     },

@@ -89,8 +89,8 @@ export interface RegistryDeps {
   localMachine: MachineRecord | null;
   /** Returns why a private key cannot be used (never the key itself), or null. */
   checkPrivateKey: (key: string, passphrase: string | null) => string | null;
-  /** Cancels one command (as `DELETE /v1/commands/{id}`); used by a forced delete. */
-  cancelCommand?: ((id: string) => Promise<void>) | undefined;
+  /** Cancels one command (as `DELETE /v1/commands/{id}`) in the name of `by`; used by a forced delete. */
+  cancelCommand?: ((id: string, by?: string) => Promise<void>) | undefined;
   /**
    * How long a forced delete waits for the machine's cancelled commands to end.
    * @default 15000
@@ -198,9 +198,25 @@ export class MachineRegistry {
     return m;
   }
 
-  async list(limit: number, offset: number, labels: Record<string, string> | null): Promise<{ items: MachineRecord[]; total: number }> {
+  /**
+   * A page of machines carrying `labels`; with `visible`, only the machines
+   * it accepts count (a token's scope: paging and totals as if the others
+   * did not exist).
+   */
+  async list(
+    limit: number,
+    offset: number,
+    labels: Record<string, string> | null,
+    visible?: (m: MachineRecord) => boolean,
+  ): Promise<{ items: MachineRecord[]; total: number }> {
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new InvalidArgumentError("limit", "must be an integer from 1 to 1000");
     if (!Number.isInteger(offset) || offset < 0) throw new InvalidArgumentError("offset", "must be a non-negative integer");
+    if (visible !== undefined) {
+      const local = this.deps.localMachine;
+      const stored = await this.deps.machines.selectByLabels(labels ?? {});
+      const all = (local && Object.entries(labels ?? {}).every(([k, v]) => local.labels[k] === v) ? [local, ...stored] : stored).filter(visible);
+      return { items: all.slice(offset, offset + limit), total: all.length };
+    }
     const page = await this.deps.machines.list({ limit, offset, labels });
     const local = this.deps.localMachine;
     if (!local || (labels && !Object.entries(labels).every(([k, v]) => local.labels[k] === v))) return page;
@@ -209,7 +225,8 @@ export class MachineRegistry {
     return { items, total: page.total + 1 };
   }
 
-  async update(id: string, input: MachineInput): Promise<MachineRecord> {
+  /** `guard` sees the machine as it would be stored and may refuse it by throwing. */
+  async update(id: string, input: MachineInput, guard?: (next: MachineRecord) => void): Promise<MachineRecord> {
     if (this.deps.localMachine && id === this.deps.localMachine.id) {
       throw new FailedPreconditionError("the built-in machine cannot be changed");
     }
@@ -252,13 +269,15 @@ export class MachineRegistry {
     const privateKey = patch.privateKey !== undefined ? patch.privateKey : current.privateKey;
     const password = patch.password !== undefined ? patch.password : current.password;
     if (!privateKey && !password) throw new InvalidArgumentError("private_key", "a private_key or a password is required");
+    guard?.({ ...current, ...patch });
     const updated = await this.deps.machines.update(id, patch);
     if (!updated) throw new NotFoundError("machine", id, "id");
     this.deps.ssh.forget(id);
     return updated;
   }
 
-  async delete(id: string, force: boolean): Promise<void> {
+  /** `by` names who deletes it: a forced delete cancels its commands in that name. */
+  async delete(id: string, force: boolean, by?: string): Promise<void> {
     if (this.deps.localMachine && id === this.deps.localMachine.id) {
       throw new FailedPreconditionError("the built-in machine cannot be deleted");
     }
@@ -269,7 +288,7 @@ export class MachineRegistry {
         throw new FailedPreconditionError(`machine ${id} has ${active} running command(s); pass force=true to delete it anyway`);
       }
     } else {
-      await this.cancelCommandsOn(id);
+      await this.cancelCommandsOn(id, by);
     }
     await this.deps.machines.delete(id);
     this.deps.ssh.forget(id);
@@ -281,14 +300,14 @@ export class MachineRegistry {
    * up to `cancelWaitMs` for them to end, so none is left running on a target
    * whose machine no longer exists. Commands that ended meanwhile are fine.
    */
-  private async cancelCommandsOn(machineId: string): Promise<void> {
+  private async cancelCommandsOn(machineId: string, by: string | undefined): Promise<void> {
     const cancel = this.deps.cancelCommand;
     if (cancel === undefined) return;
     const active = (await this.deps.commands.listActive()).filter((c) => c.machineId === machineId);
     if (active.length === 0) return;
     await Promise.all(
       active.map((c) =>
-        cancel(c.id).catch((err: unknown) => {
+        cancel(c.id, by).catch((err: unknown) => {
           // Ended by itself meanwhile, already gone on the target, or the target cannot
           // be reached (then its run ends `lost` once the connection is given up): delete anyway.
           if (err instanceof TargetError) return;

@@ -4,6 +4,7 @@
  * MikroORM, Connect or fastify.
  */
 import type { Readable } from "node:stream";
+import type { TokenStore } from "./tokens.ts";
 
 export type CommandStatus =
   | "queued"
@@ -209,6 +210,8 @@ export interface CommandRecord {
   errorMessage: string | null;
   batchId: string | null;
   requestedBy: string;
+  /** Name of the token that asked to cancel it (`system`: the service itself); null when nobody did. */
+  cancelledBy: string | null;
   /** Remote job location; set when the command starts. */
   runner: RunnerState | null;
   /** Whether the command was started by a caller that waits for it (Execute, Batch). */
@@ -340,6 +343,7 @@ export interface Stores {
   commands: CommandStore;
   machines: MachineStore;
   batches: BatchStore;
+  tokens: TokenStore;
   /** Cheap liveness check for /readyz. */
   ping(): Promise<void>;
   close(): Promise<void>;

@@ -95,6 +95,7 @@ export function commandToProto(c: CommandRecord & Partial<Pick<CommandView, "std
     error: c.errorCode ? create(CommandErrorSchema, { code: c.errorCode, message: c.errorMessage ?? "" }) : undefined,
     ...(c.batchId !== null ? { batchId: c.batchId } : {}),
     requestedBy: c.requestedBy,
+    ...(c.cancelledBy !== null ? { cancelledBy: c.cancelledBy } : {}),
   });
 }
 
