@@ -206,6 +206,11 @@ describe("HTTP/2 streams whose request never ends", () => {
     const app = createFastify({ requestTimeout: 500, idleTimeout: 60_000, headersTimeout: 60_000 });
     app.get("/healthz", async () => ({ ok: true }));
     app.post("/upload", async (req) => ({ got: (req.body as Buffer | undefined)?.length ?? 0 }));
+    // Answers well after the request timeout: a request that arrived whole is never cut.
+    app.post("/slow-answer", async () => {
+      await new Promise((resolve) => setTimeout(resolve, 1_200));
+      return { slow: true };
+    });
     app.addContentTypeParser("*", { parseAs: "buffer" }, (_req, body, done) => done(null, body));
     const server = await listenOnePort(app, { host: "127.0.0.1", port: 0 });
     const session = http2.connect(server.url);
@@ -235,6 +240,16 @@ describe("HTTP/2 streams whose request never ends", () => {
         setTimeout(() => st.end("def"), 200); // a slow client, not synchronisation
       });
       expect(JSON.parse(ok)).toEqual({ got: 6 });
+      const slow = await new Promise<string>((resolve, reject) => {
+        const st = session.request({ ":method": "POST", ":path": "/slow-answer", "content-type": "application/octet-stream" });
+        let body = "";
+        st.setEncoding("utf8");
+        st.on("data", (c: string) => (body += c));
+        st.on("end", () => resolve(body));
+        st.on("error", reject);
+        st.end("x");
+      });
+      expect(JSON.parse(slow)).toEqual({ slow: true });
     } finally {
       session.destroy();
       await server.close(100);
