@@ -24,7 +24,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends util-linux coreutils procps tini \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --create-home --home-dir /home/fleetrun --shell /bin/sh fleetrun \
- && mkdir -p /data && chown fleetrun:fleetrun /data
+ && mkdir -p /data && chown fleetrun:fleetrun /data && chmod 0700 /data
+# /data is the service user's alone (0700): a named volume takes this mode and
+# owner on first use; the service also narrows a wider one at start.
 WORKDIR /app
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/package.json ./package.json

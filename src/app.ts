@@ -2,6 +2,7 @@
  * buildApp(deps): the whole service wired together, not listening. Tests
  * build it on port 0; main.ts adds configuration, signals and listening.
  */
+import { createHash, timingSafeEqual } from "node:crypto";
 import os from "node:os";
 import { createContextValues, createRouterTransport, type ConnectRouter } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
@@ -26,7 +27,7 @@ import { RestHttpError, restErrorFrom } from "./rest/rest-errors.ts";
 import { registerRestRoutes, restLoggerSerializers } from "./rest/rest-routes.ts";
 import { auditInterceptor, CLIENT_ADDRESS_HEADER, clientAddressKey, normalClientAddress } from "./rpc/audit-interceptor.ts";
 import { auditServiceImpl } from "./rpc/audit-service.ts";
-import { authInterceptor } from "./rpc/auth.ts";
+import { authInterceptor, bearerToken } from "./rpc/auth.ts";
 import { batchHandlers } from "./rpc/batch-handlers.ts";
 import { commandServiceImpl } from "./rpc/command-service.ts";
 import { machineServiceImpl } from "./rpc/machine-service.ts";
@@ -124,9 +125,16 @@ function localMachineRecord(): MachineRecord {
 
 export function buildApp(deps: AppDeps): App {
   const { config, stores } = deps;
+  // Set once the registry exists; connections are refused only after listen().
+  let onConnectionRefused: (reason: "per_address" | "total", address: string) => void = () => {};
   const fastify = createFastify({
     logger: deps.logger ?? false,
     bodyLimit: config.bodyLimit,
+    headersTimeout: config.headersTimeoutMs,
+    idleTimeout: config.idleTimeoutMs,
+    maxConnectionsPerAddress: config.maxConnectionsPerAddress,
+    maxConnections: config.maxConnections,
+    onConnectionRefused: (reason, address) => onConnectionRefused(reason, address),
     ...(deps.tls ? { tls: deps.tls } : {}),
     fastify: {
       // `/v1/commands/` is `/v1/commands`, never `/v1/commands/{id}` with an empty id.
@@ -150,6 +158,11 @@ export function buildApp(deps: AppDeps): App {
   const durations = metrics.add(
     new Histogram("fleetrun_command_duration_seconds", "Duration of ended commands, by status", [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600]),
   );
+
+  const connectionsRefused = metrics.add(
+    new Counter("fleetrun_connections_refused_total", "Client connections closed at once at a connection cap, by cap (per_address, total)"),
+  );
+  onConnectionRefused = connectionRefusalLogger(log, (reason) => connectionsRefused.inc({ reason }), config);
 
   const refusals = metrics.add(new Counter("fleetrun_admission_refused_total", "Calls refused at a limit (429 / RESOURCE_EXHAUSTED), by limit"));
   const admission = new Admission({
@@ -322,11 +335,53 @@ export function buildApp(deps: AppDeps): App {
       return reply.code(503).send({ status: "not ready", reason: "database unavailable" });
     }
   });
-  fastify.get("/metrics", async (_req, reply) => {
+  const metricsAllowed = bearerCheck(config.metricsToken);
+  fastify.get("/metrics", async (request, reply) => {
+    if (!metricsAllowed(request.headers.authorization)) {
+      void reply.header("www-authenticate", 'Bearer realm="metrics"');
+      return sendErrorEnvelope(request, reply, new RestHttpError(401, "unauthenticated", "GET /metrics needs Authorization: Bearer <FLEETRUN_METRICS_TOKEN>"));
+    }
     return reply.type("text/plain; version=0.0.4").send(metrics.render());
   });
 
   return { fastify, engine, registry, batches, health, metrics, tokens, tokenLimiter, tokensReady, audit };
+}
+
+/**
+ * `header` carries `Bearer <token>` (compared as SHA-256 digests in constant
+ * time); always true when no token is configured.
+ */
+function bearerCheck(token: string | null): (header: string | undefined) => boolean {
+  if (token === null) return () => true;
+  const want = createHash("sha256").update(token, "utf8").digest();
+  return (header) => {
+    const given = bearerToken(header ?? null);
+    return given !== null && timingSafeEqual(createHash("sha256").update(given, "utf8").digest(), want);
+  };
+}
+
+/**
+ * Counts each connection closed at a cap, and logs them at most once per 10 s
+ * (a flood of refused connections must not become a flood of log lines).
+ */
+function connectionRefusalLogger(
+  log: FastifyInstance["log"],
+  count: (reason: "per_address" | "total") => void,
+  config: Config,
+): (reason: "per_address" | "total", address: string) => void {
+  let since = 0;
+  let last = 0;
+  return (reason, address) => {
+    count(reason);
+    since++;
+    const now = Date.now();
+    if (now - last < 10_000) return;
+    last = now;
+    const setting = reason === "per_address" ? settingName("maxConnectionsPerAddress") : settingName("maxConnections");
+    const limit = reason === "per_address" ? config.maxConnectionsPerAddress : config.maxConnections;
+    log.warn({ reason, address, refused: since, limit }, `closed ${since} client connection(s) at the cap ${setting}=${limit} (latest from ${address})`);
+    since = 0;
+  };
 }
 
 /** Answers `err` as `{"error":{"code","message","field"?}}` with its HTTP status. */

@@ -102,6 +102,36 @@ const SPECS = {
   maxCommandBytes: { env: "FLEETRUN_MAX_COMMAND_BYTES", description: "Largest `command`", default: 1_048_576, parse: int(1, 16_777_216) },
   maxEnvBytes: { env: "FLEETRUN_MAX_ENV_BYTES", description: "Largest `env`, names and values together", default: 262_144, parse: int(1, 16_777_216) },
   bodyLimit: { env: "FLEETRUN_BODY_LIMIT_BYTES", description: "Largest request body (REST, Connect, gRPC message); larger is 413", default: 4_194_304, parse: int(1024, 268_435_456) },
+  headersTimeoutMs: {
+    env: "FLEETRUN_HEADERS_TIMEOUT_MS",
+    description: "A new connection must send its first request's headers (HTTP/1.1: every request's headers; HTTP/2: its first stream) within this, or it is closed",
+    default: 10_000,
+    parse: int(100, 600_000),
+  },
+  idleTimeoutMs: {
+    env: "FLEETRUN_IDLE_TIMEOUT_MS",
+    description: "A connection with no request or stream in flight (HTTP/1.1 keep-alive, HTTP/2 session) is closed after this; open streams are never cut",
+    default: 72_000,
+    parse: int(100, 3_600_000),
+  },
+  maxConnectionsPerAddress: {
+    env: "FLEETRUN_MAX_CONNECTIONS_PER_ADDRESS",
+    description: "Open connections one client address (IPv6: one /64) may hold; more are closed at once; 0: no cap (raise it behind a proxy)",
+    default: 512,
+    parse: int(0, 1_000_000),
+  },
+  maxConnections: {
+    env: "FLEETRUN_MAX_CONNECTIONS",
+    description: "Open client connections overall; more are closed at once; 0: no cap",
+    default: 10_000,
+    parse: int(0, 1_000_000),
+  },
+  metricsToken: {
+    env: "FLEETRUN_METRICS_TOKEN",
+    description: "Bearer token GET /metrics requires (Authorization: Bearer <it>); unset: /metrics is open",
+    default: null,
+    parse: optionalStr,
+  },
   shutdownGraceMs: {
     env: "FLEETRUN_SHUTDOWN_GRACE_MS",
     description: "On SIGTERM: how long waiting callers' commands may still run before they are cancelled",
@@ -254,11 +284,31 @@ export function flagOf(env: string): string {
 }
 
 /**
- * `--name=value` and `--name value` for every setting, as variables by name. A flag
- * wins over the variable. Unknown flags and stray arguments are refused.
+ * Settings that are secrets: never taken from the command line, which every
+ * local user can read (`ps`, /proc/<pid>/cmdline). DATABASE_URL is refused
+ * there only when it holds a password.
+ */
+const SECRET_SETTINGS: ReadonlySet<string> = new Set(["FLEETRUN_ADMIN_TOKEN", "FLEETRUN_METRICS_TOKEN"]);
+
+/** Whether a setting can be given as a flag (secrets cannot). */
+export function hasFlag(env: string): boolean {
+  return !SECRET_SETTINGS.has(env);
+}
+
+/**
+ * `--name=value` and `--name value` for every setting but the secrets, as variables
+ * by name. A flag wins over the variable. Unknown flags, secrets and stray arguments
+ * are refused.
  */
 export function flagsToEnv(argv: readonly string[]): Record<string, string> {
-  const byFlag = new Map(Object.values(SPECS).map((s) => [flagOf(s.env), s.env] as const));
+  for (const arg of argv) {
+    const flag = arg.split("=")[0]!;
+    const secret = [...SECRET_SETTINGS].find((env) => flagOf(env) === flag);
+    if (secret !== undefined) {
+      throw new ConfigError(flag, `is a secret, and a command line is visible to every local user: set ${secret} in the environment instead`);
+    }
+  }
+  const byFlag = new Map(Object.values(SPECS).filter((s) => hasFlag(s.env)).map((s) => [flagOf(s.env), s.env] as const));
   const out: Record<string, string> = {};
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -272,6 +322,9 @@ export function flagsToEnv(argv: readonly string[]): Record<string, string> {
     if (eq !== -1) value = arg.slice(eq + 1);
     else if (i + 1 < argv.length && !argv[i + 1]!.startsWith("--")) value = argv[++i];
     if (value === undefined) throw new ConfigError(flag, `needs a value: ${flag}=VALUE or ${flag} VALUE`);
+    if (env === "DATABASE_URL" && /^[a-z]+:\/\/[^/@]*:[^/@]*@/i.test(value)) {
+      throw new ConfigError(flag, "holds a password, and a command line is visible to every local user: set DATABASE_URL in the environment instead");
+    }
     out[env] = value;
   }
   return out;
@@ -296,6 +349,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, argv: readonly 
   }
   if (config.adminToken !== null && config.adminToken.length < 16) {
     throw new ConfigError("FLEETRUN_ADMIN_TOKEN", "must be at least 16 characters (unset it to have one generated into the data dir)");
+  }
+  if (config.metricsToken !== null && config.metricsToken.length < 16) {
+    throw new ConfigError("FLEETRUN_METRICS_TOKEN", "must be at least 16 characters (unset it to leave /metrics open)");
   }
   if (config.secretKey !== null && config.secretKeyFile !== null) {
     throw new ConfigError("FLEETRUN_SECRET_KEY", "set FLEETRUN_SECRET_KEY or FLEETRUN_SECRET_KEY_FILE, not both");
@@ -350,5 +406,5 @@ function editDistance(a: string, b: string): number {
 
 /** The table of keys, for `--help` and the README. */
 export function describeConfig(): { env: string; flag: string; default: unknown; description: string }[] {
-  return Object.values(SPECS).map((s) => ({ env: s.env, flag: flagOf(s.env), default: s.default, description: s.description }));
+  return Object.values(SPECS).map((s) => ({ env: s.env, flag: hasFlag(s.env) ? flagOf(s.env) : "—", default: s.default, description: s.description }));
 }

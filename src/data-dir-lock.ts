@@ -7,6 +7,7 @@
  */
 import path from "node:path";
 import { DatabaseSync } from "node:sqlite";
+import { createPrivateFile } from "./file-modes.ts";
 
 export interface DataDirLock {
   readonly file: string;
@@ -25,6 +26,8 @@ export class DataDirLockedError extends Error {
 
 export function lockDataDir(dataDir: string): DataDirLock {
   const file = path.join(dataDir, "fleetrun.lock");
+  // Owner only, as everything in the data dir; SQLite gives its journal the same mode.
+  createPrivateFile(file);
   const db = new DatabaseSync(file, { timeout: 0 });
   try {
     db.exec("PRAGMA locking_mode = EXCLUSIVE");

@@ -8,12 +8,14 @@
  * stack and exit code 1.
  */
 import fs from "node:fs";
+import path from "node:path";
 import type { FastifyBaseLogger } from "fastify";
 import { ensureAdminToken } from "./admin-token.ts";
 import { buildApp, loggerOptions } from "./app.ts";
 import { ConfigError, describeConfig, loadConfig, sshOptionsFrom, unknownSettings, type Config } from "./config.ts";
 import { DataDirLockedError, lockDataDir, type DataDirLock } from "./data-dir-lock.ts";
 import { openStores } from "./db/index.ts";
+import { createPrivateFile, octal, secureDataDir, securePrivateFiles, SharedDataDirError, type DataDirReport } from "./file-modes.ts";
 import { loadKeyRing, SecretKeyError } from "./secrets/index.ts";
 import type { AuditLog } from "./exec/audit-port.ts";
 import { listenOnePort } from "./server/one-port-server.ts";
@@ -64,6 +66,18 @@ function readTls(config: Config): { cert: Buffer; key: Buffer } | undefined {
 /** How long open connections get to finish once a stop closes the port, and detached runs to settle (ms). */
 const CLOSE_GRACE_MS = 1_000;
 
+function fileMode(file: string): number | null {
+  try {
+    return fs.statSync(file).mode & 0o777;
+  } catch {
+    return null;
+  }
+}
+
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
 function seconds(ms: number): string {
   return `${Math.round(ms / 100) / 10} s`;
 }
@@ -94,13 +108,16 @@ async function main(): Promise<void> {
     return;
   }
   const config = loadConfig(process.env, argv);
+  let dataDirReport: DataDirReport;
   // Read once; commands on the built-in machine inherit this process's environment.
   delete process.env.FLEETRUN_SECRET_KEY;
   delete process.env.FLEETRUN_ADMIN_TOKEN;
   try {
-    fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+    // 0700, and 0600 for the files in it, also when an older version or a volume left them wider.
+    dataDirReport = secureDataDir(config.dataDir);
     fs.accessSync(config.dataDir, fs.constants.W_OK);
   } catch (err) {
+    if (err instanceof SharedDataDirError) throw new StartupError(err.message);
     throw new StartupError(`cannot use the data dir ${config.dataDir} (${errCode(err)}): set FLEETRUN_DATA_DIR to a writable directory`);
   }
   // SQLite only: with PostgreSQL the database itself is shared on purpose.
@@ -117,6 +134,8 @@ async function main(): Promise<void> {
   const keyRing = loadKeyRing(config);
   let stores: Awaited<ReturnType<typeof openStores>>;
   try {
+    // SQLite gives the -wal and -shm files it creates the database file's mode.
+    if (config.databaseUrl === null) createPrivateFile(path.join(config.dataDir, "fleetrun.db"));
     stores = await openStores({ dataDir: config.dataDir, secrets: keyRing.box, ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}) });
   } catch (err) {
     if (err instanceof SecretKeyError) throw err;
@@ -126,6 +145,7 @@ async function main(): Promise<void> {
         : `cannot open the SQLite database in ${config.dataDir} (${dbReason(err, null)}): check FLEETRUN_DATA_DIR`,
     );
   }
+  securePrivateFiles(config.dataDir, dataDirReport);
   let storesRef = stores;
   const ssh = createSshTransport({
     ...sshOptionsFrom(config),
@@ -135,9 +155,20 @@ async function main(): Promise<void> {
   });
   const local = createLocalTransport();
   const tls = readTls(config);
+  const tlsKeyMode = config.tlsKey ? fileMode(config.tlsKey) : null;
   const pretty = process.stdout.isTTY === true;
   const app = buildApp({ config, stores, ssh, local, adminToken: admin.token, logger: loggerOptions(config.logLevel, pretty), tls });
   const log = app.fastify.log;
+  for (const t of dataDirReport.tightened) {
+    log.warn({ path: t.path, from: octal(t.from), to: octal(t.to) }, `${t.path} was mode ${octal(t.from)}: narrowed to ${octal(t.to)} (owner only)`);
+  }
+  for (const problem of dataDirReport.problems) log.warn({ data_dir: config.dataDir }, problem);
+  if (tlsKeyMode !== null && (tlsKeyMode & 0o077) !== 0) {
+    log.warn({ file: config.tlsKey }, `FLEETRUN_TLS_KEY ${config.tlsKey} is mode ${octal(tlsKeyMode)}, readable by other users: chmod 600 it`);
+  }
+  if (config.metricsToken === null && !isLoopback(config.host)) {
+    log.warn({ host: config.host }, `GET /metrics is open to every client that reaches ${config.host} (its labels name machines): set FLEETRUN_METRICS_TOKEN to require a token`);
+  }
   try {
     await app.tokensReady;
   } catch (err) {

@@ -5,6 +5,20 @@
  * The REST routes install these serializers on their own request loggers;
  * app code should also pass them to fastify for everything else:
  * `fastify({ logger: { serializers: restLoggerSerializers } })`.
+ *
+ * Redaction is structural and deliberately wider than what the stream accepts
+ * (`queryParams` in query-params.ts, the WHATWG `URLSearchParams` reading of
+ * everything after the first `?`): a URL whose token the stream would use is
+ * always redacted, and so is a token a client put where it is not accepted.
+ * - The query starts at the first `?` or `#` (a server never gets a fragment;
+ *   a `#` in a request target is only a character); its parts are split at `&`.
+ * - A part whose name, percent-decoded (three times at most, `+` as a space)
+ *   and stripped of everything but letters and digits, contains `accesstoken`
+ *   (`access_token`, `??access_token`, `access%5Ftoken`, `#&access_token`, …)
+ *   has its value, up to the next `&`, replaced by `[REDACTED]`.
+ * - Any other part, or a path segment, that still names such a parameter once
+ *   decoded (`a=?access_token=T`, `access_token%3DT`) hides the rest of the URL
+ *   from there on.
  */
 
 /** Query parameters whose values are never logged. */
@@ -12,26 +26,53 @@ export const secretQueryParameters: ReadonlySet<string> = new Set(["access_token
 
 const REDACTED = "[REDACTED]";
 
-/** The URL with the values of secret query parameters replaced by `[REDACTED]`. */
-export function redactUrl(url: string): string {
-  const q = url.indexOf("?");
-  if (q === -1) return url;
-  const hash = url.indexOf("#", q);
-  const query = url.slice(q + 1, hash === -1 ? undefined : hash);
-  const parts = query.split("&").map((part) => {
-    const eq = part.indexOf("=");
-    const rawKey = eq === -1 ? part : part.slice(0, eq);
-    return secretQueryParameters.has(decodeKey(rawKey)) ? `${rawKey}=${REDACTED}` : part;
-  });
-  return url.slice(0, q + 1) + parts.join("&") + (hash === -1 ? "" : url.slice(hash));
+/** Letters and digits of the secret names, as parts of a URL are compared with them. */
+const SECRET_STEMS = [...secretQueryParameters].map(stem);
+
+function stem(s: string): string {
+  return s.toLowerCase().replace(/[^a-z0-9]/g, "");
 }
 
-function decodeKey(raw: string): string {
-  try {
-    return decodeURIComponent(raw.replace(/\+/g, " "));
-  } catch {
-    return raw;
+/** Percent-decoding that never throws (`%zz` stays), `+` read as a space, repeated up to three times. */
+function decodeLoose(raw: string): string {
+  let s = raw;
+  for (let i = 0; i < 3; i++) {
+    const next = s.replace(/\+/g, " ").replace(/%([0-9a-f]{2})/gi, (_, h: string) => String.fromCharCode(parseInt(h, 16)));
+    if (next === s) break;
+    s = next;
   }
+  return s;
+}
+
+function namesSecret(raw: string): boolean {
+  const s = stem(decodeLoose(raw));
+  return SECRET_STEMS.some((secret) => s.includes(secret));
+}
+
+/** The URL with the values of secret query parameters replaced by `[REDACTED]` (see the file comment). */
+export function redactUrl(url: string): string {
+  const cut = url.search(/[?#]/);
+  const path = cut === -1 ? url : url.slice(0, cut);
+  const segments = path.split("/");
+  const bad = segments.findIndex((seg) => namesSecret(seg));
+  if (bad !== -1) return [...segments.slice(0, bad), REDACTED].join("/");
+  if (cut === -1) return url;
+  const parts = url.slice(cut + 1).split("&");
+  const out: string[] = [];
+  for (const part of parts) {
+    const eq = part.indexOf("=");
+    const rawKey = eq === -1 ? part : part.slice(0, eq);
+    if (namesSecret(rawKey)) {
+      const plain = decodeLoose(rawKey).replace(/^[?#&]+/, "");
+      out.push(`${secretQueryParameters.has(plain) ? rawKey : "access_token"}=${REDACTED}`);
+    } else if (namesSecret(part)) {
+      out.push(REDACTED);
+      break;
+    } else {
+      out.push(part);
+    }
+  }
+  return url.slice(0, cut + 1) + out.join("&");
 }
 
 interface LoggableRequest {

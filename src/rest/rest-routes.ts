@@ -40,6 +40,7 @@ import type { RestBinding } from "./http-rule.ts";
 import { encodeMessage, mergeJsonObject, RestInputError, setFieldJson, setFromText } from "./json-codec.ts";
 import { restLoggerSerializers } from "./log-serializers.ts";
 import { isMergePatchMediaType, mergePatchToRequest } from "./merge-patch.ts";
+import { queryParams } from "./query-params.ts";
 import { RestHttpError, restErrorFrom } from "./rest-errors.ts";
 import { pumpStream, settle, streamFormatFor } from "./stream-response.ts";
 import type { SseAdapter } from "./stream-response.ts";
@@ -371,19 +372,6 @@ function checkBodyAgreesWithPath(body: unknown, fieldPath: string, pathValue: st
   if (v === undefined || v === null) return;
   if ((typeof v === "string" || typeof v === "number" || typeof v === "boolean") && String(v) === pathValue) return;
   throw new RestInputError(fieldPath, "differs from the value in the URL path");
-}
-
-/** Query parameters of a raw URL, repeated keys collected in order. */
-function queryParams(url: string): Map<string, string[]> {
-  const out = new Map<string, string[]>();
-  const q = url.indexOf("?");
-  if (q === -1) return out;
-  for (const [k, v] of new URLSearchParams(url.slice(q + 1))) {
-    const list = out.get(k);
-    if (list === undefined) out.set(k, [v]);
-    else list.push(v);
-  }
-  return out;
 }
 
 // ---------------------------------------------------------------------------

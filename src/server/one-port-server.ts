@@ -18,6 +18,7 @@ import net from "node:net";
 import tls from "node:tls";
 import fastify from "fastify";
 import type { FastifyInstance, FastifyServerOptions } from "fastify";
+import { AddressCounter, addressKey, answerExpectContinue, closeWhenIdle, LingeringClose, limitRequestTime } from "./connection-guards.ts";
 
 /** The client connection preface every HTTP/2 connection starts with (RFC 9113 §3.4). */
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
@@ -39,16 +40,37 @@ export interface OnePortServerOptions {
    * @default 30_000
    */
   headersTimeout?: number | undefined;
-  /** HTTP/1.1: time to receive the whole request, in ms; 0 disables it. @default 300_000 */
+  /** Time to receive the whole request, in ms (HTTP/1.1: 408; HTTP/2: the stream is reset); 0 disables it. @default 300_000 */
   requestTimeout?: number | undefined;
-  /** HTTP/1.1: how long an idle keep-alive connection stays open, in ms. @default 72_000 */
-  keepAliveTimeout?: number | undefined;
+  /**
+   * How long a connection with nothing in flight stays open, in ms: an HTTP/1.1
+   * keep-alive connection between requests, an HTTP/2 session without an open
+   * stream (it gets GOAWAY; pings and settings do not count as activity). An
+   * HTTP/2 session must open its first stream within `headersTimeout`.
+   * Streams that stay open (a follower of a long command) are never cut by it.
+   * @default 72_000
+   */
+  idleTimeout?: number | undefined;
   /** HTTP/1.1: how often the header and request timeouts are checked, in ms. @default 1_000 */
   connectionsCheckingInterval?: number | undefined;
-  /** HTTP/2: a session without any frame for this long is closed gracefully (GOAWAY), in ms. @default 72_000 */
-  http2SessionTimeout?: number | undefined;
   /** HTTP/1.1: largest request header block, in bytes. @default 16_384 */
   maxHeaderSize?: number | undefined;
+  /**
+   * Open connections one client address may hold (IPv4 address, or IPv6 /64);
+   * a connection beyond it is closed at once, before a byte is read. 0: no cap.
+   * @default 0
+   */
+  maxConnectionsPerAddress?: number | undefined;
+  /** Open connections overall; beyond it new connections are closed at once. 0: no cap. @default 0 */
+  maxConnections?: number | undefined;
+  /** Called for each connection closed by a cap. */
+  onConnectionRefused?: ((reason: "per_address" | "total", address: string) => void) | undefined;
+  /**
+   * Largest request body, in bytes. An HTTP/1.1 request that sends
+   * `Expect: 100-continue` with a larger `Content-Length` is answered 413 at
+   * once, without `100 Continue`. @default undefined (no check)
+   */
+  bodyLimit?: number | undefined;
 }
 
 /**
@@ -85,13 +107,15 @@ type RequestHandler = (
 export function createOnePortServer(handler: RequestHandler, options: OnePortServerOptions = {}): OnePortServer {
   const headersTimeout = options.headersTimeout ?? 30_000;
   const requestTimeout = options.requestTimeout ?? 300_000;
-  const http2SessionTimeout = options.http2SessionTimeout ?? 72_000;
+  const idleTimeout = options.idleTimeout ?? 72_000;
+  const perAddress = options.maxConnectionsPerAddress ?? 0;
+  const bodyLimit = options.bodyLimit;
 
   const h1 = http.createServer(
     {
       headersTimeout: requestTimeout > 0 ? Math.min(headersTimeout, requestTimeout) : headersTimeout,
       requestTimeout,
-      keepAliveTimeout: options.keepAliveTimeout ?? 72_000,
+      keepAliveTimeout: idleTimeout,
       connectionsCheckingInterval: options.connectionsCheckingInterval ?? 1_000,
       maxHeaderSize: options.maxHeaderSize ?? 16_384,
     },
@@ -103,6 +127,8 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortSer
   /** Sockets whose protocol is not decided yet. */
   const undecided = new Set<net.Socket>();
   const sessions = new Set<http2.ServerHttp2Session>();
+  const perAddressCount = new AddressCounter();
+  const lingering = new LingeringClose();
   let closing = false;
   let reaper: NodeJS.Timeout | undefined;
 
@@ -112,16 +138,19 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortSer
     // A session error is reported on the session and then destroys it; there is
     // nothing to add for the service, but it must not become an uncaught error.
     session.on("error", () => {});
-    if (http2SessionTimeout > 0) {
-      session.setTimeout(http2SessionTimeout, () => session.close());
-    }
+    // Until its first stream a session gets `headersTimeout`, as a new HTTP/1.1
+    // connection has for its first request.
+    closeWhenIdle(session, headersTimeout, idleTimeout);
+    limitRequestTime(session, requestTimeout);
     if (closing) session.close();
   });
   h2.on("sessionError", () => {});
-  h1.on("request", (_req: http.IncomingMessage, res: http.ServerResponse) => {
+  h1.on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
+    lingering.noteRequest(req);
     // A request that arrives while the server drains gets `Connection: close`.
     if (closing && !res.headersSent) res.shouldKeepAlive = false;
   });
+  answerExpectContinue(h1, bodyLimit, lingering);
 
   function dispatch(socket: net.Socket, data: Buffer | undefined, useH2: boolean): void {
     undecided.delete(socket);
@@ -131,6 +160,7 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortSer
       // buffered bytes itself; flowing mode would lose them.
       h2.emit("connection", socket);
     } else {
+      lingering.install(socket);
       h1.emit("connection", socket);
     }
   }
@@ -189,15 +219,29 @@ export function createOnePortServer(handler: RequestHandler, options: OnePortSer
     front.on("tlsClientError", () => {});
   } else {
     front = net.createServer({ noDelay: true });
-    front.on("connection", sniff);
   }
+  if ((options.maxConnections ?? 0) > 0) front.maxConnections = options.maxConnections!;
+  front.on("drop", (data?: { remoteAddress?: string }) => options.onConnectionRefused?.("total", data?.remoteAddress ?? ""));
 
-  // Track TCP connections for both variants: for TLS the raw socket arrives
-  // on "connection" before the handshake.
+  // Caps and tracking for both variants: for TLS the raw socket arrives on
+  // "connection" before the handshake, so a refused one costs no handshake.
   front.on("connection", (socket: net.Socket) => {
+    if (closing) {
+      socket.destroy();
+      return;
+    }
+    const key = addressKey(socket.remoteAddress);
+    if (!perAddressCount.admit(key, perAddress)) {
+      socket.destroy();
+      options.onConnectionRefused?.("per_address", key);
+      return;
+    }
     sockets.add(socket);
-    socket.once("close", () => sockets.delete(socket));
-    if (closing) socket.destroy();
+    socket.once("close", () => {
+      sockets.delete(socket);
+      perAddressCount.release(key);
+    });
+    if (options.tls === undefined) sniff(socket);
   });
 
   front.on("listening", () => {
@@ -281,12 +325,13 @@ export interface CreateFastifyOptions extends OnePortServerOptions {
  * default `http.Server`).
  */
 export function createFastify(options: CreateFastifyOptions = {}): FastifyInstance {
+  const bodyLimit = options.bodyLimit ?? 1_048_576;
   const app = fastify({
     ...options.fastify,
     logger: options.logger ?? false,
-    bodyLimit: options.bodyLimit ?? 1_048_576,
+    bodyLimit,
     serverFactory: (handler) =>
-      createOnePortServer(handler as RequestHandler, options) as unknown as http.Server,
+      createOnePortServer(handler as RequestHandler, { ...options, bodyLimit }) as unknown as http.Server,
   });
   return app;
 }

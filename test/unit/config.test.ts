@@ -118,6 +118,24 @@ describe("configuration", () => {
     expect(loadConfig({ DATABASE_URL: "postgresql://u@db:5432/x" }).databaseUrl).toBe("postgresql://u@db:5432/x");
   });
 
+  it("refuses secrets on the command line (visible to every local user), naming the variable to use", () => {
+    expect(() => loadConfig({}, ["--admin-token", "a".repeat(20)])).toThrow(/^--admin-token: is a secret, .*: set FLEETRUN_ADMIN_TOKEN in the environment instead$/);
+    expect(() => loadConfig({}, [`--metrics-token=${"m".repeat(20)}`])).toThrow(/^--metrics-token: is a secret, .*set FLEETRUN_METRICS_TOKEN in the environment/);
+    expect(() => loadConfig({}, ["--database-url", "postgres://u:pw@db/x"])).toThrow(/^--database-url: holds a password, .*set DATABASE_URL in the environment/);
+    expect(loadConfig({}, ["--database-url", "postgres://u@db/x"]).databaseUrl).toBe("postgres://u@db/x");
+    expect(loadConfig({ FLEETRUN_ADMIN_TOKEN: "a".repeat(20) }).adminToken).toBe("a".repeat(20));
+  });
+
+  it("validates the connection limits and the metrics token", () => {
+    const d = loadConfig({});
+    expect([d.headersTimeoutMs, d.idleTimeoutMs, d.maxConnectionsPerAddress, d.maxConnections, d.metricsToken]).toEqual([10_000, 72_000, 512, 10_000, null]);
+    expect(loadConfig({ FLEETRUN_MAX_CONNECTIONS_PER_ADDRESS: "0" }).maxConnectionsPerAddress).toBe(0);
+    expect(() => loadConfig({ FLEETRUN_HEADERS_TIMEOUT_MS: "0" })).toThrow(/^FLEETRUN_HEADERS_TIMEOUT_MS: must be an integer from 100 to/);
+    expect(() => loadConfig({ FLEETRUN_IDLE_TIMEOUT_MS: "1s" })).toThrow(/^FLEETRUN_IDLE_TIMEOUT_MS: must be an integer/);
+    expect(() => loadConfig({ FLEETRUN_MAX_CONNECTIONS_PER_ADDRESS: "-1" })).toThrow(/^FLEETRUN_MAX_CONNECTIONS_PER_ADDRESS: must be an integer/);
+    expect(() => loadConfig({ FLEETRUN_METRICS_TOKEN: "short" })).toThrow(/^FLEETRUN_METRICS_TOKEN: must be at least 16 characters/);
+  });
+
   it("checks FLEETRUN_SECRET_KEY's keys without echoing them, and refuses it together with FLEETRUN_SECRET_KEY_FILE", () => {
     const key = Buffer.alloc(32, 7).toString("base64");
     expect(loadConfig({ FLEETRUN_SECRET_KEY: `${key}, ${Buffer.alloc(32, 8).toString("base64")}` }).secretKey).toContain(key);

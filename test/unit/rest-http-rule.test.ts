@@ -69,7 +69,8 @@ describe("bindings from the fleetrun protos", () => {
 describe("log redaction", () => {
   it("replaces access_token values, however the key is encoded, and keeps the rest", () => {
     expect(redactUrl("/v1/commands/c/stream?access_token=abc&offset=5")).toBe("/v1/commands/c/stream?access_token=[REDACTED]&offset=5");
-    expect(redactUrl("/x?offset=1&access%5Ftoken=abc#frag")).toBe("/x?offset=1&access%5Ftoken=[REDACTED]#frag");
+    // A server never receives a fragment: `#frag` is part of the value as the stream reads it.
+    expect(redactUrl("/x?offset=1&access%5Ftoken=abc#frag")).toBe("/x?offset=1&access%5Ftoken=[REDACTED]");
     expect(redactUrl("/x?access_token")).toBe("/x?access_token=[REDACTED]");
     expect(redactUrl("/x?a=1&access_token=1&access_token=2")).toBe("/x?a=1&access_token=[REDACTED]&access_token=[REDACTED]");
     expect(redactUrl("/x/y")).toBe("/x/y");
