@@ -109,9 +109,9 @@ async function main(): Promise<void> {
   }
   const config = loadConfig(process.env, argv);
   let dataDirReport: DataDirReport;
-  // Read once; commands on the built-in machine inherit this process's environment.
-  delete process.env.FLEETRUN_SECRET_KEY;
-  delete process.env.FLEETRUN_ADMIN_TOKEN;
+  // Read once; commands on the built-in machine inherit this process's environment,
+  // and a database URL may hold a password.
+  for (const secret of ["FLEETRUN_SECRET_KEY", "FLEETRUN_ADMIN_TOKEN", "FLEETRUN_METRICS_TOKEN", "DATABASE_URL"]) delete process.env[secret];
   try {
     // 0700, and 0600 for the files in it, also when an older version or a volume left them wider.
     dataDirReport = secureDataDir(config.dataDir);
@@ -178,7 +178,6 @@ async function main(): Promise<void> {
   // A bug in a background task must not take every running command down with it.
   process.on("unhandledRejection", (err) => log.error({ err }, "unhandled rejection"));
   for (const w of keyRing.warnings) log.warn(w);
-  if (keyRing.generated) log.info(`secret key generated into ${config.dataDir}/secret-key (mode 0600): keep it with backups of the database, which cannot be read without it`);
   if (stores.secretsReport.sealed > 0) log.info({ values: stores.secretsReport.sealed }, "credentials stored in clear text by an earlier version are now encrypted");
   if (stores.secretsReport.underOlderKeys > 0) {
     log.info({ values: stores.secretsReport.underOlderKeys }, "some credentials are encrypted under an older key: npm run rotate-secrets re-encrypts them under the newest");
@@ -214,6 +213,7 @@ async function main(): Promise<void> {
     { url: server.url, database: config.databaseUrl ? "postgresql" : "sqlite", data_dir: config.dataDir, local_machine: config.localMachine, admin_token: tokenKept },
     `fleetrun listening on ${server.url}; admin token in ${tokenKept}`,
   );
+  if (keyRing.generated) log.info(`secret key generated into ${config.dataDir}/secret-key (mode 0600): keep it with backups of the database, which cannot be read without it`);
   if (admin.generated) {
     // The token itself goes only to a person at a terminal, once; a log collector
     // (stderr not a TTY) only learns where it is kept (0600, in the data dir).

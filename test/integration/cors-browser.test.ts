@@ -182,7 +182,7 @@ describe("CORS", () => {
           svc.url,
           protocol,
         );
-        expect(err).toEqual({ code: "Unauthenticated", message: "invalid token" });
+        expect(err).toEqual({ code: "Unauthenticated", message: "invalid, revoked or expired token" });
       }
     } finally {
       await tab.close();

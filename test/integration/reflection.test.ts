@@ -18,6 +18,7 @@ import {
 } from "@bufbuild/protobuf/wkt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AuditService } from "../../src/gen/fleetrun/v1/audit_pb.js";
+import { TokenService } from "../../src/gen/fleetrun/v1/token_pb.js";
 import { CommandService } from "../../src/gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "../../src/gen/fleetrun/v1/machine_pb.js";
 import { Health } from "../../src/gen/grpc/health/v1/health_pb.js";
@@ -123,7 +124,7 @@ function generatedFiles(): Map<string, DescFile> {
     out.set(f.proto.name, f);
     f.dependencies.forEach(visit);
   };
-  for (const s of [AuditService, CommandService, MachineService, Health, ServerReflection]) visit(s.file);
+  for (const s of [AuditService, CommandService, MachineService, TokenService, Health, ServerReflection]) visit(s.file);
   return out;
 }
 
@@ -161,7 +162,7 @@ describe("gRPC server reflection", () => {
     it(`serves over ${pkg} descriptors that a strict pool accepts and that match the generated ones`, async () => {
       const { services, files } = await servedFiles(pkg);
       expect(services).toEqual(
-        expect.arrayContaining(["fleetrun.v1.CommandService", "fleetrun.v1.MachineService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]),
+        expect.arrayContaining(["fleetrun.v1.CommandService", "fleetrun.v1.MachineService", "fleetrun.v1.TokenService", "fleetrun.v1.AuditService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]),
       );
       expect(files.has("grpc/reflection/v1alpha/reflection.proto")).toBe(true);
 

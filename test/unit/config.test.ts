@@ -121,6 +121,7 @@ describe("configuration", () => {
   it("refuses secrets on the command line (visible to every local user), naming the variable to use", () => {
     expect(() => loadConfig({}, ["--admin-token", "a".repeat(20)])).toThrow(/^--admin-token: is a secret, .*: set FLEETRUN_ADMIN_TOKEN in the environment instead$/);
     expect(() => loadConfig({}, [`--metrics-token=${"m".repeat(20)}`])).toThrow(/^--metrics-token: is a secret, .*set FLEETRUN_METRICS_TOKEN in the environment/);
+    expect(() => loadConfig({}, ["--secret-key", "k".repeat(44)])).toThrow(/^--secret-key: is a secret, .*set FLEETRUN_SECRET_KEY in the environment/);
     expect(() => loadConfig({}, ["--database-url", "postgres://u:pw@db/x"])).toThrow(/^--database-url: holds a password, .*set DATABASE_URL in the environment/);
     expect(loadConfig({}, ["--database-url", "postgres://u@db/x"]).databaseUrl).toBe("postgres://u@db/x");
     expect(loadConfig({ FLEETRUN_ADMIN_TOKEN: "a".repeat(20) }).adminToken).toBe("a".repeat(20));
