@@ -1,0 +1,19 @@
+#!/bin/sh
+':' //; d=$(dirname "$(readlink -f "$0")"); n="$d/../../node_modules/.bin/node"; [ -x "$n" ] || n=node; exec "$n" "$0" "$@"
+// The `fleetrun` command (package.json `bin`). The line above is for sh: it
+// runs this file with the project's Node 24 (node_modules/.bin/node) when it is
+// there, so `node_modules/.bin/fleetrun` works without Node 24 on PATH; for
+// Node it is a string and a comment. Plain JavaScript, so that an older Node
+// can say what is wrong in one line.
+import module from "node:module";
+
+var major = Number(process.versions.node.split(".")[0]);
+if (major < 24) {
+  process.stderr.write("fleetrun needs Node 24 (this is Node " + process.versions.node + "): run npm ci, then npx fleetrun\n");
+  process.exit(78);
+}
+// Compiled code of the CLI and its dependencies is cached on disk (os.tmpdir()):
+// later starts skip most of the parsing and compiling.
+module.enableCompileCache?.();
+const { main } = await import("./main.ts");
+await main(process.argv.slice(2));
