@@ -4,6 +4,7 @@
  * only when that subcommand runs, so `--help` and completion stay fast.
  */
 import { Command, CommanderError, Option } from "commander";
+import pkg from "../../package.json" with { type: "json" };
 import { describeError } from "./errors.ts";
 import { EXIT, EXIT_CODES_HELP } from "./exit-codes.ts";
 import { resolveSettings } from "./profile.ts";
@@ -48,7 +49,7 @@ function lazy(load: () => Promise<Action>): (...args: unknown[]) => Promise<void
 export function buildProgram(): Command {
   const program = new Command("fleetrun")
     .description("Run shell commands on your machines through a fleetrun service.")
-    .version(process.env.npm_package_version ?? "0.1.0", "-V, --version")
+    .version(pkg.version, "-V, --version")
     .addOption(new Option("--url <url>", "the fleetrun service (FLEETRUN_URL)"))
     .addOption(new Option("--token <token>", "bearer token (FLEETRUN_TOKEN; a flag is visible in ps)"))
     .addOption(new Option("--profile <name>", "profile of the config file (FLEETRUN_PROFILE)"))

@@ -64,7 +64,7 @@ function sleepFor(n: number): string {
   return `sleep $((${n - 1} + 1))`;
 }
 
-describe("fleetrun CLI", { timeout: 90_000 }, () => {
+describe("fleetrun CLI", { timeout: 180_000 }, () => {
   let svc: TestService;
   let configDir: string;
   let env: Record<string, string>;
@@ -96,6 +96,8 @@ describe("fleetrun CLI", { timeout: 90_000 }, () => {
   it("passes the remote exit code through (a name works as well as an id)", async () => {
     expect((await cli(["run", rootName, "--", "exit 42"])).code).toBe(42);
     expect((await cli(["run", root, "--", "true"])).code).toBe(0);
+    // The same from the sources instead of the bundle made at install.
+    expect((await cli(["run", root, "--", "exit 42"], { FLEETRUN_CLI_FROM_SOURCE: "1" })).code).toBe(42);
     expect((await cli(["exec", login, "--", "exit", "3"])).code).toBe(3);
     // A signal fleetrun did not send: 128 + n, as sh reports it.
     expect((await cli(["run", root, "--", "kill -TERM $$"])).code).toBe(143);

@@ -157,7 +157,7 @@ function renderSummary(out: Out, results: Command[], names: Map<string, string>,
     ...(meta.lost > 0 ? [out.paint("red", `${meta.lost} lost`)] : []),
     ...(meta.skipped > 0 ? [out.paint("yellow", `${meta.skipped} skipped`)] : []),
   ];
-  return `${renderTable(out, ["MACHINE", "STATUS", "EXIT", "DURATION", "COMMAND ID", "OUTPUT"], rows)}\n${total} machines: ${counts.join(", ")} in ${formatDuration(elapsed)} (batch ${meta.batchId})\n`;
+  return `${renderTable(out, ["MACHINE", "STATUS", "EXIT", "DURATION", "COMMAND ID", "OUTPUT"], rows)}\n${total} machine${total === 1 ? "" : "s"}: ${counts.join(", ")} in ${formatDuration(elapsed)} (batch ${meta.batchId})\n`;
 }
 
 /** The live line on stderr: `[=====-----] 12/40 done | 8 running | 1 failed | 4.2s elapsed | ETA 9.8s`. */

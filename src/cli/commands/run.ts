@@ -146,7 +146,7 @@ async function pump(s: Session, stream: CommandStream, controller: AbortControll
   if (end === undefined) {
     const id = stream.commandId;
     if (id === undefined) {
-      s.out.note("fleetrun: stopped before the command was started");
+      s.out.note("fleetrun: stopped before the service said whether the command started; fleetrun history MACHINE shows it if it did");
       return EXIT.cancelled;
     }
     const state = cancelRequested ? "is being cancelled and may still run" : "keeps running";
