@@ -1,9 +1,10 @@
 #!/bin/sh
-':' //; d=$(dirname "$(readlink -f "$0")"); n="$d/../../node_modules/.bin/node"; [ -x "$n" ] || n=node; exec "$n" "$0" "$@"
+':' //; n="${0%/*}/node"; [ -x "$n" ] || { n="$(dirname "$(readlink -f "$0")")/../../node_modules/.bin/node"; [ -x "$n" ] || n=node; }; exec "$n" "$0" "$@"
 // The `fleetrun` command (package.json `bin`). The line above is for sh: it
-// runs this file with the project's Node 24 (node_modules/.bin/node) when it is
-// there, so `node_modules/.bin/fleetrun` works without Node 24 on PATH; for
-// Node it is a string and a comment. Plain JavaScript, so that an older Node
+// runs this file with the project's Node 24 (node_modules/.bin/node, found next
+// to the node_modules/.bin/fleetrun link without a fork, else from this file's
+// real path) when it is there, so `node_modules/.bin/fleetrun` works without
+// Node 24 on PATH; for Node it is a string and a comment. Plain JavaScript, so that an older Node
 // can say what is wrong in one line.
 import fs from "node:fs";
 import module from "node:module";
