@@ -46,6 +46,7 @@ const local: MachineTarget = {
   password: null,
   hostKeyFingerprint: null,
   hostKeyAlgorithm: null,
+  hostKeyPolicy: null,
   local: true,
 };
 

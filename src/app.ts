@@ -10,18 +10,24 @@ import { settingName, type Config } from "./config.ts";
 import { Admission } from "./exec/admission.ts";
 import { BatchRunner } from "./exec/batch-runner.ts";
 import { CommandEngine } from "./exec/command-engine.ts";
+import { NO_AUDIT, type AuditSink } from "./exec/audit-port.ts";
+import { createHostKeyTrust } from "./exec/host-key-trust.ts";
 import { MachineRegistry } from "./exec/machine-registry.ts";
 import type { MachineRecord, Stores, Transport } from "./exec/ports.ts";
 import { CommandService } from "./gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "./gen/fleetrun/v1/machine_pb.js";
+import { TokenService } from "./gen/fleetrun/v1/token_pb.js";
+import { TokenLimiter } from "./exec/token-limits.ts";
+import { TokenRegistry } from "./exec/tokens.ts";
 import { Counter, EVENT_LOOP_LAG_BUCKETS, Gauge, Histogram, Registry, sampleEventLoopLag } from "./metrics.ts";
 import { registerOpenApiRoute } from "./rest/openapi-route.ts";
 import { RestHttpError, restErrorFrom } from "./rest/rest-errors.ts";
 import { registerRestRoutes, restLoggerSerializers } from "./rest/rest-routes.ts";
-import { authInterceptor, TokenVerifier } from "./rpc/auth.ts";
+import { authInterceptor } from "./rpc/auth.ts";
 import { batchHandlers } from "./rpc/batch-handlers.ts";
 import { commandServiceImpl } from "./rpc/command-service.ts";
 import { machineServiceImpl } from "./rpc/machine-service.ts";
+import { tokenServiceImpl } from "./rpc/token-service.ts";
 import { registerCors } from "./server/cors.ts";
 import { createHealthService, type HealthService } from "./server/health.ts";
 import { createFastify } from "./server/one-port-server.ts";
@@ -35,11 +41,13 @@ export interface AppDeps {
   stores: Stores;
   ssh: Transport;
   local: Transport;
-  /** The admin token (plain text, kept only as a digest). */
+  /** The bootstrap admin token (plain text; stored in the database as a digest only). */
   adminToken: string;
   /** fastify/pino logger options; false disables logging (tests). */
   logger?: FastifyServerOptions["logger"];
   tls?: { cert: string | Buffer; key: string | Buffer } | undefined;
+  /** Where the service reports what it did (host keys pinned, refused, accepted unchecked). @default NO_AUDIT */
+  audit?: AuditSink;
 }
 
 export interface App {
@@ -49,6 +57,10 @@ export interface App {
   batches: BatchRunner;
   health: HealthService;
   metrics: Registry;
+  tokens: TokenRegistry;
+  tokenLimiter: TokenLimiter;
+  /** Settles once the bootstrap admin token's digest is stored (rejects when it cannot be). */
+  tokensReady: Promise<void>;
 }
 
 /** Paths and headers that must never reach a log line. */
@@ -95,6 +107,7 @@ function localMachineRecord(): MachineRecord {
     password: null,
     hostKeyFingerprint: null,
     hostKeyAlgorithm: null,
+    hostKeyPolicy: null,
     labels: { builtin: "true" },
     createdAt: epoch,
     updatedAt: epoch,
@@ -142,6 +155,8 @@ export function buildApp(deps: AppDeps): App {
   fastify.addHook("onClose", async () => lagSampler.stop());
 
   const localMachine = config.localMachine ? localMachineRecord() : null;
+  // Host keys of tofu machines are recorded in the store before authentication; checks are audited.
+  deps.ssh.useHostKeyTrust?.(createHostKeyTrust(stores.machines, deps.audit ?? NO_AUDIT));
   const engine = new CommandEngine({
     stores,
     ssh: deps.ssh,
@@ -188,15 +203,35 @@ export function buildApp(deps: AppDeps): App {
     local: deps.local,
     localMachine,
     checkPrivateKey: privateKeyProblem,
-    cancelCommand: (id) => engine.cancel(id),
+    cancelCommand: (id, by) => engine.cancel(id, by),
     cancelWaitMs: config.graceMs + 10_000,
   });
   const batches = new BatchRunner(engine, stores, { defaultConcurrency: config.batchConcurrency, maxMachines: config.batchMaxMachines });
 
-  const verifier = new TokenVerifier();
-  verifier.addToken(deps.adminToken, { name: "admin", admin: true });
-  const interceptors: Interceptor[] = [authInterceptor(verifier)];
-  const health = createHealthService({ initial: { "": "SERVING", [CommandService.typeName]: "SERVING", [MachineService.typeName]: "SERVING" } });
+  const tokenStore = stores.tokens;
+  const tokens = new TokenRegistry(tokenStore, { onError: (err) => log.warn({ err }, "could not record a token's last use") });
+  // Requests wait for the bootstrap token's digest to be stored (main.ts fails the start if it cannot be).
+  const tokensReady = tokens.ensureBootstrap(deps.adminToken).then(() => {});
+  tokensReady.catch(() => {});
+  const tokenLimiter = new TokenLimiter({
+    defaults: {
+      maxConcurrentCommands: config.tokenMaxCommands,
+      requestsPerSecond: config.tokenRequestsPerSecond,
+      burst: config.tokenBurst,
+      maxStreams: config.tokenMaxStreams,
+    },
+    settings: {
+      maxConcurrentCommands: settingName("tokenMaxCommands"),
+      requestsPerSecond: settingName("tokenRequestsPerSecond"),
+      burst: settingName("tokenBurst"),
+      maxStreams: settingName("tokenMaxStreams"),
+    },
+    onRefused: (limit) => refusals.inc({ limit }),
+  });
+  const interceptors: Interceptor[] = [authInterceptor({ tokens, limiter: tokenLimiter })];
+  const health = createHealthService({
+    initial: { "": "SERVING", [CommandService.typeName]: "SERVING", [MachineService.typeName]: "SERVING", [TokenService.typeName]: "SERVING" },
+  });
 
   const commandImpl = commandServiceImpl({
     engine,
@@ -205,9 +240,11 @@ export function buildApp(deps: AppDeps): App {
     onInternal,
   });
   const machineImpl = machineServiceImpl(registry, onInternal);
+  const tokenImpl = tokenServiceImpl(tokens, onInternal);
   const routes = (router: ConnectRouter) => {
     router.service(CommandService, commandImpl);
     router.service(MachineService, machineImpl);
+    router.service(TokenService, tokenImpl);
     health.register(router);
     registerReflection(router);
   };
@@ -215,7 +252,7 @@ export function buildApp(deps: AppDeps): App {
 
   fastify.register(fastifyConnectPlugin, { routes, interceptors, ...limits, shutdownTimeoutMs: 1000 });
   registerRestRoutes(fastify, {
-    services: [CommandService, MachineService],
+    services: [CommandService, MachineService, TokenService],
     transport: createRouterTransport(routes, { router: { interceptors, ...limits } }),
     bodyLimit: config.bodyLimit,
   });
@@ -246,7 +283,7 @@ export function buildApp(deps: AppDeps): App {
     return reply.type("text/plain; version=0.0.4").send(metrics.render());
   });
 
-  return { fastify, engine, registry, batches, health, metrics };
+  return { fastify, engine, registry, batches, health, metrics, tokens, tokenLimiter, tokensReady };
 }
 
 /** Answers `err` as `{"error":{"code","message","field"?}}` with its HTTP status. */

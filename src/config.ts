@@ -4,6 +4,7 @@
  * mirrors this table.
  */
 import path from "node:path";
+import { parseKeys } from "./secrets/key-ring.ts";
 import { parseCorsOrigin } from "./server/cors.ts";
 import type { SshTransportOptions } from "./ssh/ssh-transport.ts";
 
@@ -73,6 +74,19 @@ const SPECS = {
   adminToken: {
     env: "FLEETRUN_ADMIN_TOKEN",
     description: "Admin bearer token; unset: generated at first start into <data dir>/admin-token",
+    default: null,
+    parse: optionalStr,
+  },
+  secretKey: {
+    env: "FLEETRUN_SECRET_KEY",
+    description:
+      "Keys that encrypt stored credentials: 32 random bytes in base64 each (openssl rand -base64 32), comma-separated, newest first; unset: FLEETRUN_SECRET_KEY_FILE or <data dir>/secret-key",
+    default: null,
+    parse: optionalStr,
+  },
+  secretKeyFile: {
+    env: "FLEETRUN_SECRET_KEY_FILE",
+    description: "File holding the keys in FLEETRUN_SECRET_KEY's format; unset (and no FLEETRUN_SECRET_KEY): <data dir>/secret-key, generated at first start (mode 0600)",
     default: null,
     parse: optionalStr,
   },
@@ -146,6 +160,30 @@ const SPECS = {
     env: "FLEETRUN_MAX_FOLLOWERS",
     description: "Clients following live output at once (WatchCommand, ExecuteAsync, REST /stream); beyond it new followers are refused (429)",
     default: 2_000,
+    parse: int(1, 1_000_000),
+  },
+  tokenMaxCommands: {
+    env: "FLEETRUN_TOKEN_MAX_COMMANDS",
+    description: "Commands one token (other than the bootstrap admin token) may have queued or running at once in this process (a batch counts its first wave); beyond it 429. A token's own limits may lower it",
+    default: 500,
+    parse: int(1, 1_000_000),
+  },
+  tokenRequestsPerSecond: {
+    env: "FLEETRUN_TOKEN_REQUESTS_PER_SECOND",
+    description: "Requests per second one token (other than the bootstrap admin token) may make, sustained; beyond it 429 with Retry-After",
+    default: 50,
+    parse: int(1, 1_000_000),
+  },
+  tokenBurst: {
+    env: "FLEETRUN_TOKEN_BURST",
+    description: "Requests one token may make in a burst above FLEETRUN_TOKEN_REQUESTS_PER_SECOND",
+    default: 200,
+    parse: int(1, 1_000_000),
+  },
+  tokenMaxStreams: {
+    env: "FLEETRUN_TOKEN_MAX_STREAMS",
+    description: "Streams one token (other than the bootstrap admin token) may hold open at once (WatchCommand, ExecuteAsync, BatchStream, REST /stream); beyond it 429",
+    default: 100,
     parse: int(1, 1_000_000),
   },
   batchConcurrency: { env: "FLEETRUN_BATCH_CONCURRENCY", description: "Default max_concurrency of a batch", default: 50, parse: int(1, 10_000) },
@@ -252,6 +290,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, argv: readonly 
   }
   if (config.adminToken !== null && config.adminToken.length < 16) {
     throw new ConfigError("FLEETRUN_ADMIN_TOKEN", "must be at least 16 characters (unset it to have one generated into the data dir)");
+  }
+  if (config.secretKey !== null && config.secretKeyFile !== null) {
+    throw new ConfigError("FLEETRUN_SECRET_KEY", "set FLEETRUN_SECRET_KEY or FLEETRUN_SECRET_KEY_FILE, not both");
+  }
+  if (config.secretKey !== null) {
+    try {
+      parseKeys(config.secretKey, "FLEETRUN_SECRET_KEY");
+    } catch (err) {
+      throw new ConfigError("FLEETRUN_SECRET_KEY", (err as Error).message.replace(/^FLEETRUN_SECRET_KEY: /, ""));
+    }
   }
   if (config.databaseUrl !== null && !/^postgres(ql)?:\/\/[^/]/.test(config.databaseUrl)) {
     throw new ConfigError("DATABASE_URL", "must be a postgres://user@host:5432/db URL (unset it for SQLite in the data dir)");

@@ -13,6 +13,7 @@ import { buildApp, loggerOptions } from "./app.ts";
 import { ConfigError, describeConfig, loadConfig, sshOptionsFrom, unknownSettings, type Config } from "./config.ts";
 import { DataDirLockedError, lockDataDir, type DataDirLock } from "./data-dir-lock.ts";
 import { openStores } from "./db/index.ts";
+import { loadKeyRing, SecretKeyError } from "./secrets/index.ts";
 import { listenOnePort } from "./server/one-port-server.ts";
 import { createLocalTransport, createSshTransport } from "./ssh/index.ts";
 import { sshNativeCrypto } from "./ssh/native-crypto.ts";
@@ -72,6 +73,9 @@ async function main(): Promise<void> {
     return;
   }
   const config = loadConfig(process.env, argv);
+  // Read once; commands on the built-in machine inherit this process's environment.
+  delete process.env.FLEETRUN_SECRET_KEY;
+  delete process.env.FLEETRUN_ADMIN_TOKEN;
   try {
     fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
     fs.accessSync(config.dataDir, fs.constants.W_OK);
@@ -89,10 +93,12 @@ async function main(): Promise<void> {
     }
   }
   const admin = ensureAdminToken(config.dataDir, config.adminToken);
+  const keyRing = loadKeyRing(config);
   let stores: Awaited<ReturnType<typeof openStores>>;
   try {
-    stores = await openStores({ dataDir: config.dataDir, ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}) });
+    stores = await openStores({ dataDir: config.dataDir, secrets: keyRing.box, ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}) });
   } catch (err) {
+    if (err instanceof SecretKeyError) throw err;
     throw new StartupError(
       config.databaseUrl
         ? `cannot open the PostgreSQL database (${dbReason(err, config.databaseUrl)}): check DATABASE_URL`
@@ -111,8 +117,20 @@ async function main(): Promise<void> {
   const pretty = process.stdout.isTTY === true;
   const app = buildApp({ config, stores, ssh, local, adminToken: admin.token, logger: loggerOptions(config.logLevel, pretty), tls });
   const log = app.fastify.log;
+  try {
+    await app.tokensReady;
+  } catch (err) {
+    await stores.close().catch(() => {});
+    throw new StartupError(`cannot store the admin token's digest in the database (${dbReason(err, config.databaseUrl)})`);
+  }
   // A bug in a background task must not take every running command down with it.
   process.on("unhandledRejection", (err) => log.error({ err }, "unhandled rejection"));
+  for (const w of keyRing.warnings) log.warn(w);
+  if (keyRing.generated) log.info(`secret key generated into ${config.dataDir}/secret-key (mode 0600): keep it with backups of the database, which cannot be read without it`);
+  if (stores.secretsReport.sealed > 0) log.info({ values: stores.secretsReport.sealed }, "credentials stored in clear text by an earlier version are now encrypted");
+  if (stores.secretsReport.underOlderKeys > 0) {
+    log.info({ values: stores.secretsReport.underOlderKeys }, "some credentials are encrypted under an older key: npm run rotate-secrets re-encrypts them under the newest");
+  }
   for (const u of unknownSettings()) {
     log.warn(`${u.env} is not a fleetrun setting and is ignored${u.suggestion ? ` (did you mean ${u.suggestion}?)` : ""}; npm start -- --help lists them`);
   }
@@ -226,7 +244,7 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  if (err instanceof ConfigError || err instanceof StartupError) {
+  if (err instanceof ConfigError || err instanceof StartupError || err instanceof SecretKeyError) {
     process.stderr.write(`fleetrun: ${err.message}\n`);
     process.exit(2);
   }

@@ -52,6 +52,7 @@ function record(machineId: string, createdMs: number): CommandRecord {
     errorMessage: null,
     batchId: null,
     requestedBy: "bench",
+    cancelledBy: null,
     runner: null,
     sync: true,
   };
@@ -116,6 +117,7 @@ async function oneDatabase(db: "sqlite" | "postgres", opts: HistoryOptions): Pro
       password: null,
       hostKeyFingerprint: null,
       hostKeyAlgorithm: null,
+      hostKeyPolicy: "tofu",
       labels: {},
       createdAt: at,
       updatedAt: at,

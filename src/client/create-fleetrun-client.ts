@@ -10,6 +10,7 @@ import { createConnectTransport, createGrpcTransport, createGrpcWebTransport, Ht
 import { CommandService } from "../gen/fleetrun/v1/command_pb.js";
 import type { ExecuteRequestSchema } from "../gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "../gen/fleetrun/v1/machine_pb.js";
+import { TokenService } from "../gen/fleetrun/v1/token_pb.js";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
 import { CommandStream } from "./command-stream.ts";
 import type { FollowOptions, ResumeOptions } from "./command-stream.ts";
@@ -59,6 +60,8 @@ export interface FleetrunClient {
   readonly commands: Client<typeof CommandService>;
   /** `fleetrun.v1.MachineService`: the registry of SSH targets. */
   readonly machines: Client<typeof MachineService>;
+  /** `fleetrun.v1.TokenService`: scoped tokens (admin). */
+  readonly tokens: Client<typeof TokenService>;
   /** `grpc.health.v1.Health` (needs no token). */
   readonly health: Client<typeof Health>;
   /** The transport every client here uses (token, deadline and interceptors included). */
@@ -108,6 +111,7 @@ export function createFleetrunClient(options: FleetrunClientOptions): FleetrunCl
   return {
     commands,
     machines: createClient(MachineService, transport),
+    tokens: createClient(TokenService, transport),
     health: createClient(Health, transport),
     transport,
     service: (service) => createClient(service, transport),

@@ -11,3 +11,5 @@ export { CommandService, CommandStatus, OutputStream } from "../gen/fleetrun/v1/
 export type { BatchEvent, BatchRequest, Command, CommandEvent, ExecuteRequest, HistoryItem, OutputChunk } from "../gen/fleetrun/v1/command_pb.js";
 export { MachineService } from "../gen/fleetrun/v1/machine_pb.js";
 export type { Machine } from "../gen/fleetrun/v1/machine_pb.js";
+export { TokenService } from "../gen/fleetrun/v1/token_pb.js";
+export type { CreatedToken, Token, TokenLimits, TokenScope } from "../gen/fleetrun/v1/token_pb.js";

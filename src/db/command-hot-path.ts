@@ -35,6 +35,7 @@ export const COMMAND_COLUMNS = [
   "error_message",
   "batch_id",
   "requested_by",
+  "cancelled_by",
   "runner",
   "sync",
 ] as const satisfies ReadonlyArray<keyof CommandRow>;

@@ -63,6 +63,7 @@ const PATCH_COLUMNS: {
   errorMessage: (_c, v) => ({ error_message: v }),
   batchId: (_c, v) => ({ batch_id: v }),
   requestedBy: (_c, v) => ({ requested_by: v }),
+  cancelledBy: (_c, v) => ({ cancelled_by: v }),
   runner: (_c, v) => ({ runner: v == null ? null : JSON.stringify(v) }),
   sync: (c, v) => ({ sync: toDbBool(c, v) }),
 };
@@ -362,6 +363,7 @@ export class SqlCommandStore implements CommandStore {
       error_message: c.errorMessage,
       batch_id: c.batchId,
       requested_by: c.requestedBy,
+      cancelled_by: c.cancelledBy,
       runner: c.runner == null ? null : JSON.stringify(c.runner),
       sync: toDbBool(ctx, c.sync),
     };
@@ -411,6 +413,7 @@ function fromRow(row: CommandRow): CommandRecord {
     errorMessage: row.error_message,
     batchId: row.batch_id,
     requestedBy: row.requested_by,
+    cancelledBy: row.cancelled_by ?? null,
     runner: row.runner == null ? null : (JSON.parse(row.runner) as RunnerState),
     sync: Boolean(row.sync),
   };

@@ -6,6 +6,7 @@
  *
  * Timestamps are epoch milliseconds in `bigint` columns on both drivers.
  * JSON-valued fields (labels, env keys, runner, machine ids) are JSON text.
+ * Machine credentials are sealed text (`src/secrets`), never clear text.
  */
 import { defineEntity, p } from "@mikro-orm/core";
 import { EpochMillisType } from "./epoch-millis-type.ts";
@@ -24,6 +25,8 @@ export const MachineEntity = defineEntity({
     password: p.text().nullable(),
     hostKeyFingerprint: p.string().nullable(),
     hostKeyAlgorithm: p.string().nullable(),
+    /** `pinned`, `tofu` or `insecure_accept_any`. */
+    hostKeyPolicy: p.string(),
     /** JSON text of a string map. */
     labels: p.text(),
     createdAt: p.type(EpochMillisType),
@@ -76,6 +79,7 @@ export const CommandEntity = defineEntity({
     errorMessage: p.text().nullable(),
     batchId: p.string().nullable(),
     requestedBy: p.string(),
+    cancelledBy: p.string().nullable(),
     /** JSON text of the runner state. */
     runner: p.text().nullable(),
     sync: p.boolean(),

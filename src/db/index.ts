@@ -1,2 +1,2 @@
 export { openStores, driverFor } from "./open-stores.ts";
-export type { DbConfig } from "./open-stores.ts";
+export type { DbConfig, OpenedStores } from "./open-stores.ts";

@@ -10,15 +10,18 @@ import { Migrator } from "@mikro-orm/migrations";
 import type { SqlEntityManager } from "@mikro-orm/sqlite";
 import { InvalidArgumentError } from "../exec/errors.ts";
 import type { Stores } from "../exec/ports.ts";
+import { loadKeyRing, type SecretBox } from "../secrets/index.ts";
 import { OrmBatchStore } from "./batch-store.ts";
 import type { CommandHotPath } from "./command-hot-path.ts";
 import { SqlCommandStore } from "./command-store.ts";
 import type { DbContext, DriverName } from "./db-context.ts";
 import { ENTITIES } from "./entities.ts";
+import { MachineSecretCodec, compactMachines, prepareMachineSecrets, rotateMachineSecrets, type PrepareReport, type RotationReport } from "./machine-secrets.ts";
 import { OrmMachineStore } from "./machine-store.ts";
 import { POSTGRESQL_MIGRATIONS, SQLITE_MIGRATIONS } from "./migrations/index.ts";
 import { PgHotPath, type PgPool } from "./pg-hot-path.ts";
 import { SqliteHotPath, type SqliteDatabase } from "./sqlite-hot-path.ts";
+import { SqlTokenStore } from "./token-store.ts";
 
 export interface DbConfig {
   /** `postgres://…` or `postgresql://…` selects PostgreSQL; unset = SQLite file `<dataDir>/fleetrun.db`. */
@@ -28,6 +31,19 @@ export interface DbConfig {
   schema?: string;
   /** Logs every query the ORM runs. @default false */
   debug?: boolean;
+  /**
+   * The keys that seal machine credentials.
+   * @default the key in `<dataDir>/secret-key`, generated when missing
+   */
+  secrets?: SecretBox;
+}
+
+/** The stores, and what start-up and `rotate-secrets` need of the credentials at rest. */
+export interface OpenedStores extends Stores {
+  /** What the start-up pass found: clear-text values sealed now, values under older keys. */
+  secretsReport: PrepareReport;
+  /** Re-seals every credential under the newest key. */
+  rotateSecrets(): Promise<RotationReport>;
 }
 
 /** How long a SQLite writer waits for the file lock before failing. */
@@ -52,8 +68,9 @@ export function driverFor(databaseUrl: string | undefined): DriverName {
   );
 }
 
-export async function openStores(config: DbConfig): Promise<Stores> {
+export async function openStores(config: DbConfig): Promise<OpenedStores> {
   const driver = driverFor(config.databaseUrl);
+  const box = config.secrets ?? loadKeyRing({ secretKey: null, secretKeyFile: null, dataDir: config.dataDir }).box;
   const orm = driver === "sqlite" ? await openSqlite(config) : await openPostgres(config);
   try {
     if (driver === "postgresql" && config.schema !== undefined) {
@@ -73,11 +90,27 @@ export async function openStores(config: DbConfig): Promise<Stores> {
   const native = await (orm.em.getConnection() as unknown as { getNativeClient(): Promise<unknown> }).getNativeClient();
   const hot: CommandHotPath = driver === "sqlite" ? new SqliteHotPath(native as SqliteDatabase) : new PgHotPath(native as PgPool);
   const commands = new SqlCommandStore(ctx, hot);
+  const codec = new MachineSecretCodec(box);
+  let secretsReport: PrepareReport;
+  try {
+    secretsReport = await prepareMachineSecrets(ctx, codec);
+    if (secretsReport.sealed > 0) await compactMachines(ctx);
+  } catch (err) {
+    await orm.close(true);
+    throw err;
+  }
   let closed = false;
   return {
     commands,
-    machines: new OrmMachineStore(ctx, hot),
+    machines: new OrmMachineStore(ctx, hot, codec),
+    secretsReport,
+    async rotateSecrets() {
+      const report = await rotateMachineSecrets(ctx, codec);
+      if (report.resealed > 0) await compactMachines(ctx);
+      return report;
+    },
     batches: new OrmBatchStore(ctx),
+    tokens: new SqlTokenStore(ctx),
     async ping() {
       await ctx.fork().getConnection().execute("select 1");
     },
@@ -88,6 +121,22 @@ export async function openStores(config: DbConfig): Promise<Stores> {
       await orm.close(true);
     },
   };
+}
+
+/**
+ * Applies the migrations up to and including `to`, and nothing else: a test
+ * of a later migration starts from the schema and rows an older version left.
+ */
+export async function migrateTo(config: DbConfig, to: string): Promise<void> {
+  const orm = driverFor(config.databaseUrl) === "sqlite" ? await openSqlite(config) : await openPostgres(config);
+  try {
+    if (config.schema !== undefined && config.databaseUrl !== undefined) {
+      await orm.em.fork().getConnection().execute(`create schema if not exists "${config.schema}"`);
+    }
+    await orm.migrator.up({ to });
+  } finally {
+    await orm.close(true);
+  }
 }
 
 async function openSqlite(config: DbConfig): Promise<MikroORM> {

@@ -54,6 +54,7 @@ const COMMAND_TYPES: Record<(typeof COMMAND_COLUMNS)[number], string> = {
   error_message: "text",
   batch_id: "text",
   requested_by: "text",
+  cancelled_by: "text",
   runner: "text",
   sync: "boolean",
 };

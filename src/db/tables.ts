@@ -17,6 +17,7 @@ export interface MachineRow {
   password: string | null;
   host_key_fingerprint: string | null;
   host_key_algorithm: string | null;
+  host_key_policy: string;
   labels: string;
   created_at: Int;
   updated_at: Int;
@@ -46,6 +47,7 @@ export interface CommandRow {
   error_message: string | null;
   batch_id: string | null;
   requested_by: string;
+  cancelled_by: string | null;
   runner: string | null;
   sync: Bool;
 }
@@ -62,9 +64,24 @@ export interface MachineCommandCountRow {
   total: Int;
 }
 
+export interface TokenRow {
+  id: string;
+  name: string;
+  secret_hash: string;
+  scope: string;
+  limits: string;
+  bootstrap: Bool;
+  created_by: string | null;
+  created_at: Int;
+  expires_at: Int | null;
+  last_used_at: Int | null;
+  revoked_at: Int | null;
+}
+
 export interface Tables {
   machines: MachineRow;
   commands: CommandRow;
   command_output: OutputChunkRow;
   machine_command_counts: MachineCommandCountRow;
+  tokens: TokenRow;
 }

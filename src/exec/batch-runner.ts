@@ -11,10 +11,12 @@
  * max_concurrency is capped at those two limits.
  */
 import type { CommandLease } from "./admission.ts";
+import { assertRunAs, assertSelectionInScope, SYSTEM_CALLER, type Caller } from "./caller.ts";
 import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "./errors.ts";
 import type { CommandEngine } from "./command-engine.ts";
 import { newId } from "./ids.ts";
 import { isTerminal, type BatchRecord, type CommandRecord, type MachineRecord, type Stores } from "./ports.ts";
+import { allMachines, machineInScope, type Scope } from "./scope.ts";
 import { parseLimit, type ValidExecute } from "./validate.ts";
 
 export interface BatchInput {
@@ -59,11 +61,15 @@ interface Prepared {
   env: Record<string, string>;
   /** Places of its commands in flight (admission). */
   lease: CommandLease;
+  /** Gives back the caller's per-token places (idempotent). */
+  release: () => void;
+  /** Who asked for it: a hang-up of a waiting caller cancels in its name. */
+  requestedBy: string;
 }
 
 interface ActiveBatch {
   cancelled: boolean;
-  cancel(): Promise<void>;
+  cancel(by: string): Promise<void>;
 }
 
 /** Whether a finished command counts as a success of its batch. */
@@ -115,10 +121,16 @@ export class BatchRunner {
     this.config = config;
   }
 
-  /** Validates, resolves machines and stores the batch and its queued commands. Nothing runs yet. */
-  async prepare(input: BatchInput, requestedBy: string, sync: boolean): Promise<Prepared> {
+  /**
+   * Validates, checks the caller's scope (every machine must be in it, or the
+   * batch runs on none), resolves machines and stores the batch and its
+   * queued commands. Nothing runs yet.
+   */
+  async prepare(input: BatchInput, caller: Caller, sync: boolean): Promise<Prepared> {
     this.engine.assertAccepting();
     const opts: ValidExecute = this.engine.validate(input);
+    assertRunAs(caller.scope, opts.user);
+    const requestedBy = caller.name;
     let machines: MachineRecord[];
     if (input.machineIds.length > 0 && input.selector) {
       throw new InvalidArgumentError("selector", "give either machine_ids or selector, not both");
@@ -129,7 +141,8 @@ export class BatchRunner {
       const found = new Map<string, MachineRecord>();
       for (const id of ids) {
         try {
-          found.set(id, await this.engine.resolveMachine(id));
+          // Out of scope is unknown to the caller, with the same message.
+          found.set(id, await this.engine.resolveMachine(id, "machine_ids", caller.scope));
         } catch (e) {
           if (!(e instanceof NotFoundError)) throw e;
         }
@@ -143,6 +156,7 @@ export class BatchRunner {
     } else if (input.selector && Object.keys(input.selector).length > 0) {
       machines = await this.stores.machines.selectByLabels(input.selector);
       if (machines.length === 0) throw new InvalidArgumentError("selector", "matches no machine");
+      assertSelectionInScope(caller.scope, machines);
     } else {
       throw new InvalidArgumentError("machine_ids", "give machine_ids or selector.labels");
     }
@@ -173,15 +187,24 @@ export class BatchRunner {
     };
     const records = machines.map((m) => this.engine.newRecord(m.id, opts, requestedBy, sync, batch.id));
     // Refused as a whole, before anything is stored, when its first wave does not fit.
-    const lease = this.engine.admitBatch(Math.min(total, maxConcurrency));
+    const wave = Math.min(total, maxConcurrency);
+    const release = caller.holdCommands?.(wave) ?? (() => {});
+    let lease: CommandLease;
+    try {
+      lease = this.engine.admitBatch(wave);
+    } catch (err) {
+      release();
+      throw err;
+    }
     try {
       await this.stores.batches.insert(batch);
       await this.stores.commands.insertMany(records);
     } catch (err) {
       lease.seal();
+      release();
       throw err;
     }
-    return { batch, machines, records, env: opts.env, lease };
+    return { batch, machines, records, env: opts.env, lease, release, requestedBy };
   }
 
   /**
@@ -197,17 +220,17 @@ export class BatchRunner {
     let stopReason: string | null = null;
     const state: ActiveBatch = {
       cancelled: false,
-      cancel: async () => {
+      cancel: async (by: string) => {
         state.cancelled = true;
         stopReason = stopReason ?? "batch_cancelled";
-        await Promise.all([...running.keys()].map((id) => this.engine.cancel(id).catch(() => {})));
+        await Promise.all([...running.keys()].map((id) => this.engine.cancel(id, by).catch(() => {})));
         wake();
       },
     };
     this.active.set(batch.id, state);
     let wake: () => void = () => {};
     const onAbort = () => {
-      state.cancel().catch(() => {});
+      state.cancel(p.requestedBy).catch(() => {});
     };
     // A caller that hung up while the batch was being prepared launches nothing.
     if (signal?.aborted) onAbort();
@@ -248,6 +271,7 @@ export class BatchRunner {
       }
     } finally {
       p.lease.seal();
+      p.release();
       signal?.removeEventListener("abort", onAbort);
       this.active.delete(batch.id);
     }
@@ -269,26 +293,41 @@ export class BatchRunner {
   }
 
   /** Cancels a running batch: running commands are cancelled, the rest skipped. */
-  async cancel(batchId: string): Promise<void> {
-    const batch = await this.stores.batches.get(batchId);
-    if (!batch) throw new NotFoundError("batch", batchId, "id");
+  async cancel(batchId: string, caller: Caller = SYSTEM_CALLER): Promise<void> {
+    const batch = await this.visibleBatch(batchId, caller.scope);
     const active = this.active.get(batchId);
     if (active) {
-      await active.cancel();
+      await active.cancel(caller.name);
       return;
     }
     if (batch.status !== "running") throw new FailedPreconditionError(`batch ${batchId} already ended (${batch.status})`);
     // Not driven by this process (e.g. after a restart): settle what is left.
     for (const c of await this.stores.commands.listByBatch(batchId)) {
       if (c.status === "queued") await this.skip(c, "batch_cancelled");
-      else if (c.status === "running") await this.engine.cancel(c.id).catch(() => {});
+      else if (c.status === "running") await this.engine.cancel(c.id, caller.name).catch(() => {});
     }
     await this.stores.batches.update(batchId, { status: "cancelled", finishedAt: new Date() });
   }
 
-  async get(batchId: string): Promise<{ batch: BatchRecord; commands: CommandRecord[] }> {
+  async get(batchId: string, scope?: Scope): Promise<{ batch: BatchRecord; commands: CommandRecord[] }> {
+    const batch = await this.visibleBatch(batchId, scope);
+    return { batch, commands: await this.stores.commands.listByBatch(batchId) };
+  }
+
+  /**
+   * The batch, or NotFoundError: also when any of its machines is out of
+   * `scope` (a batch shows every machine's id and result).
+   */
+  private async visibleBatch(batchId: string, scope: Scope | undefined): Promise<BatchRecord> {
     const batch = await this.stores.batches.get(batchId);
     if (!batch) throw new NotFoundError("batch", batchId, "id");
-    return { batch, commands: await this.stores.commands.listByBatch(batchId) };
+    if (scope === undefined || allMachines(scope)) return batch;
+    const found = new Map<string, MachineRecord>();
+    for (const m of await this.stores.machines.getMany(batch.machineIds)) found.set(m.id, m);
+    const local = this.engine.localMachine;
+    if (local && batch.machineIds.includes(local.id)) found.set(local.id, local);
+    const visible = batch.machineIds.every((id) => machineInScope(scope, { id, labels: found.get(id)?.labels ?? null }));
+    if (!visible) throw new NotFoundError("batch", batchId, "id");
+    return batch;
   }
 }

@@ -9,6 +9,7 @@
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Admission, CommandLease, CommandSlot, FollowerPermit } from "./admission.ts";
+import { assertRunAs, SYSTEM_CALLER, visibleMachine, type Caller } from "./caller.ts";
 import { FailedPreconditionError, NotFoundError, ServiceStoppingError, TargetError, UnavailableError } from "./errors.ts";
 import { newId } from "./ids.ts";
 import { OutputBus } from "./output-bus.ts";
@@ -29,6 +30,7 @@ import {
 import { attachJob, cancelJob, cleanupJob, killGroup, runDirect, runJob, type JobEnd } from "./remote-job.ts";
 import { jobDirFor } from "./remote-script.ts";
 import { signalName } from "./signals.ts";
+import type { Scope } from "./scope.ts";
 import { validateExecOptions, type ExecLimits, type ExecuteInput, type ValidExecute } from "./validate.ts";
 
 export interface EngineConfig extends ExecLimits {
@@ -158,12 +160,27 @@ export class CommandEngine {
     return this.runs.size;
   }
 
-  async resolveMachine(machineId: string, field = "machine_id"): Promise<MachineRecord> {
-    const local = this.deps.localMachine;
-    if (local && machineId === local.id) return local;
-    const m = await this.deps.stores.machines.get(machineId);
+  /**
+   * The machine, or NotFoundError; with a `scope`, a machine out of it is
+   * not found either, with the same message.
+   */
+  async resolveMachine(machineId: string, field = "machine_id", scope?: Scope): Promise<MachineRecord> {
+    const m = await this.findMachine(machineId);
+    if (scope !== undefined) return visibleMachine(scope, m, machineId, field);
     if (!m) throw new NotFoundError("machine", machineId, field);
     return m;
+  }
+
+  /** The built-in machine, when enabled. */
+  get localMachine(): MachineRecord | null {
+    return this.deps.localMachine;
+  }
+
+  /** The machine (the built-in one included), or null. */
+  async findMachine(machineId: string): Promise<MachineRecord | null> {
+    const local = this.deps.localMachine;
+    if (local && machineId === local.id) return local;
+    return this.deps.stores.machines.get(machineId);
   }
 
   private targetOf(m: MachineRecord): MachineTarget {
@@ -204,6 +221,7 @@ export class CommandEngine {
       errorMessage: null,
       batchId,
       requestedBy,
+      cancelledBy: null,
       runner: null,
       sync,
     };
@@ -218,18 +236,10 @@ export class CommandEngine {
    * Runs a command and resolves with its terminal state. Aborting `signal`
    * (the caller hung up, or its deadline passed) cancels the command.
    */
-  async execute(input: ExecuteInput, requestedBy: string, signal?: AbortSignal): Promise<CommandView> {
-    this.assertAccepting();
-    const opts = this.validate(input);
-    // Refused at once when full: no database work for a call that cannot be taken.
-    this.deps.admission.precheck(1);
-    const machine = await this.resolveMachine(input.machineId);
-    const slot = this.admitOne(machine);
-    const record = this.newRecord(machine.id, opts, requestedBy, true);
-    await this.insertAdmitted(record, slot);
-    const run = this.launch(record, machine, opts.env, true, slot);
+  async execute(input: ExecuteInput, caller: Caller, signal?: AbortSignal): Promise<CommandView> {
+    const { run } = await this.admitAndLaunch(input, caller, true);
     const onAbort = () => {
-      this.requestCancel(run).catch(() => {});
+      this.requestCancel(run, caller.name).catch(() => {});
     };
     if (signal) {
       if (signal.aborted) onAbort();
@@ -244,18 +254,38 @@ export class CommandEngine {
   }
 
   /** Starts a command and resolves once it is stored (queued or running). */
-  async start(input: ExecuteInput, requestedBy: string): Promise<CommandRecord> {
-    this.assertAccepting();
-    const opts = this.validate(input);
-    // Refused at once when full: no database work for a call that cannot be taken.
-    this.deps.admission.precheck(1);
-    const machine = await this.resolveMachine(input.machineId);
-    const slot = this.admitOne(machine);
-    const record = this.newRecord(machine.id, opts, requestedBy, false);
-    await this.insertAdmitted(record, slot);
-    const run = this.launch(record, machine, opts.env, false, slot);
+  async start(input: ExecuteInput, caller: Caller): Promise<CommandRecord> {
+    const { run } = await this.admitAndLaunch(input, caller, false);
     run.finished.catch(() => {});
     return { ...run.record };
+  }
+
+  /**
+   * Checks, admits, stores and launches one command. The caller's scope is
+   * checked before anything is stored (run-as first, then the machine, which
+   * is not found when out of scope); then the per-token and the process-wide
+   * limits take their places, given back when the command ends.
+   */
+  private async admitAndLaunch(input: ExecuteInput, caller: Caller, sync: boolean): Promise<{ run: Run }> {
+    this.assertAccepting();
+    const opts = this.validate(input);
+    assertRunAs(caller.scope, opts.user);
+    // Refused at once when full: no database work for a call that cannot be taken.
+    this.deps.admission.precheck(1);
+    const machine = await this.resolveMachine(input.machineId, "machine_id", caller.scope);
+    const release = caller.holdCommands?.(1) ?? (() => {});
+    let slot: CommandSlot;
+    const record = this.newRecord(machine.id, opts, caller.name, sync);
+    try {
+      slot = this.admitOne(machine);
+      await this.insertAdmitted(record, slot);
+    } catch (err) {
+      release();
+      throw err;
+    }
+    const run = this.launch(record, machine, opts.env, sync, slot);
+    run.finished.then(release, release);
+    return { run };
   }
 
   /**
@@ -624,19 +654,34 @@ export class CommandEngine {
     return kept ? { ...run.record, ...kept } : { ...run.record };
   }
 
-  private async requestCancel(run: Run): Promise<void> {
+  private async requestCancel(run: Run, by: string): Promise<void> {
     run.cancelRequested = true;
     if (run.record.status === "queued") {
+      const cancelledBy = run.record.cancelledBy ?? by;
       const ok = await this.deps.stores.commands.transition(run.record.id, ["queued"], {
         status: "cancelled",
         finishedAt: new Date(),
+        cancelledBy,
       });
       if (ok) {
         run.record.status = "cancelled";
+        run.record.cancelledBy = cancelledBy;
         return;
       }
     }
+    await this.noteCanceller(run.record, run, by);
     if (run.remoteStarted) await this.sendCancel(run);
+  }
+
+  /**
+   * Records who asked to cancel a command that is still active (the first
+   * one to ask), before the signal is sent: the terminal state, written
+   * later by whichever process follows the command, keeps it.
+   */
+  private async noteCanceller(record: CommandRecord, run: Run | undefined, by: string): Promise<void> {
+    if (record.cancelledBy !== null || (run !== undefined && run.record.cancelledBy !== null)) return;
+    if (run !== undefined) run.record.cancelledBy = by;
+    await this.deps.stores.commands.transition(record.id, ACTIVE, { cancelledBy: by });
   }
 
   private sendCancel(run: Run): Promise<void> {
@@ -659,7 +704,7 @@ export class CommandEngine {
    * Cancels a command: withdraws it when queued, otherwise sends SIGTERM to
    * its process group on the target (SIGKILL after the grace period).
    */
-  async cancel(id: string): Promise<void> {
+  async cancel(id: string, by: string = SYSTEM_CALLER.name): Promise<void> {
     const record = await this.deps.stores.commands.get(id);
     if (!record) throw new NotFoundError("command", id, "id");
     if (isTerminal(record.status)) {
@@ -671,15 +716,16 @@ export class CommandEngine {
     if (run) {
       run.cancelRequested = true;
       if (run.record.status === "queued" || !run.remoteStarted) {
-        await this.requestCancel(run);
+        await this.requestCancel(run, by);
         return;
       }
+      await this.noteCanceller(record, run, by);
       await this.sendCancel(run);
       return;
     }
     // Not run by this process (e.g. re-attach still pending): act on the target directly.
     if (record.status === "queued") {
-      const ok = await this.deps.stores.commands.transition(id, ["queued"], { status: "cancelled", finishedAt: new Date() });
+      const ok = await this.deps.stores.commands.transition(id, ["queued"], { status: "cancelled", finishedAt: new Date(), cancelledBy: by });
       if (ok) return;
     }
     if (!record.runner) throw new FailedPreconditionError(`command ${id} is not running on its target`);
@@ -687,9 +733,11 @@ export class CommandEngine {
     const target = this.targetOf(machine);
     if (record.runner.mode === "direct") {
       if (!record.runner.pgid) throw new FailedPreconditionError(`command ${id} is not running on its target`);
+      await this.noteCanceller(record, undefined, by);
       await killGroup(this.transportFor(target), target, groupOf(record.runner), record.runner.user, this.deps.config.graceMs);
       return;
     }
+    await this.noteCanceller(record, undefined, by);
     const r = await cancelJob(this.transportFor(target), target, record.runner.jobDir, record.runner.user, this.deps.config.graceMs);
     if (r === "gone") throw new FailedPreconditionError(`command ${id} is not running on its target`);
   }
@@ -842,6 +890,7 @@ export class CommandEngine {
       password: null,
       hostKeyFingerprint: null,
       hostKeyAlgorithm: null,
+      hostKeyPolicy: null,
     };
     const run = newRun({ ...record }, unknownTarget, false);
     run.recovered = true;
@@ -869,7 +918,7 @@ export class CommandEngine {
     const left = syncRuns();
     if (left.length === 0) return;
     // Sent without waiting: an unreachable machine must not hold the stop.
-    for (const r of left) this.requestCancel(r).catch(() => {});
+    for (const r of left) this.requestCancel(r, SYSTEM_CALLER.name).catch(() => {});
     const ended = Promise.all(left.map((r) => r.finished));
     await Promise.race([ended, pause(this.deps.config.graceMs + 5_000, now)]);
     if (now?.aborted) await Promise.race([ended, pause(STOP_NOW_WAIT_MS)]);

@@ -153,10 +153,18 @@ export type TargetErrorReason =
 export class TargetError extends Error {
   readonly reason: TargetErrorReason;
   readonly machineId: string | undefined;
-  constructor(reason: TargetErrorReason, message: string, machineId?: string, options?: { cause?: unknown }) {
-    super(message, options);
+  /** `host_key_mismatch`: the key the server presented (a fingerprint is public). */
+  readonly presentedHostKey: { fingerprint: string; keyType: string } | undefined;
+  constructor(
+    reason: TargetErrorReason,
+    message: string,
+    machineId?: string,
+    options?: { cause?: unknown; presentedHostKey?: { fingerprint: string; keyType: string } },
+  ) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = "TargetError";
     this.reason = reason;
     this.machineId = machineId;
+    this.presentedHostKey = options?.presentedHostKey;
   }
 }

@@ -5,7 +5,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { AlreadyExistsError, FailedPreconditionError, FleetError, InvalidArgumentError, NotFoundError, TargetError } from "./errors.ts";
 import { newId } from "./ids.ts";
-import type { MachineRecord, MachineStore, CommandStore, Transport } from "./ports.ts";
+import { HOST_KEY_POLICIES, type HostKeyPolicy, type MachineRecord, type MachineStore, type CommandStore, type Transport } from "./ports.ts";
 import { userNameProblem } from "./shell-quote.ts";
 
 export interface MachineInput {
@@ -18,6 +18,7 @@ export interface MachineInput {
   password?: string | undefined;
   hostKeyFingerprint?: string | undefined;
   hostKeyAlgorithm?: string | undefined;
+  hostKeyPolicy?: HostKeyPolicy | undefined;
   labels?: Record<string, string> | undefined;
   clearLabels?: boolean | undefined;
   /** Labels to add or change, the others kept (update only). */
@@ -32,6 +33,52 @@ export interface TestResult {
   error: { code: string; message: string } | null;
   hostKeyFingerprint: string | null;
   hostKeyAlgorithm: string | null;
+  /** The machine's policy after the test (null: the built-in machine). */
+  hostKeyPolicy: HostKeyPolicy | null;
+  /** The machine was `tofu` and the test's connection recorded its first key. */
+  hostKeyPinned: boolean;
+}
+
+/** The host key fields a machine ends up with. */
+interface HostKeyState {
+  policy: HostKeyPolicy;
+  fingerprint: string | null;
+  algorithm: string | null;
+}
+
+const NO_FINGERPRINT =
+  "must not be empty: leave it out (or set host_key_policy tofu) to record the key at the first connection, or give the SHA256:… fingerprint `ssh-keygen -lf` prints";
+
+/**
+ * The policy rules, for create (`current` null) and update: `pinned` needs a
+ * fingerprint; `tofu` and `insecure_accept_any` take none (on update they
+ * drop the stored one: tofu records the key again at the next connection); a
+ * fingerprint without a policy means `pinned`; an empty fingerprint is never
+ * accepted.
+ */
+export function resolveHostKey(input: MachineInput, current: HostKeyState | null): HostKeyState {
+  const fp = input.hostKeyFingerprint;
+  if (fp === "") throw new InvalidArgumentError("host_key_fingerprint", NO_FINGERPRINT);
+  if (input.hostKeyPolicy !== undefined && !HOST_KEY_POLICIES.includes(input.hostKeyPolicy)) {
+    throw new InvalidArgumentError("host_key_policy", `must be one of ${HOST_KEY_POLICIES.join(", ")}`);
+  }
+  const algorithm = input.hostKeyAlgorithm === undefined ? undefined : input.hostKeyAlgorithm || null;
+  const policy = input.hostKeyPolicy ?? (fp !== undefined ? "pinned" : (current?.policy ?? "tofu"));
+  if (policy === "pinned") {
+    const fingerprint = fp ?? current?.fingerprint ?? null;
+    if (fingerprint === null) throw new InvalidArgumentError("host_key_fingerprint", "is required with host_key_policy pinned");
+    // A new pin may be of another key type: learn it again unless given.
+    const keepAlgorithm = fp === undefined || fp === current?.fingerprint;
+    return { policy, fingerprint, algorithm: algorithm !== undefined ? algorithm : keepAlgorithm ? (current?.algorithm ?? null) : null };
+  }
+  if (fp !== undefined) {
+    throw new InvalidArgumentError(
+      "host_key_policy",
+      `${policy} takes no host_key_fingerprint (tofu records the first key seen, insecure_accept_any checks none): use pinned with a fingerprint`,
+    );
+  }
+  if (current !== null && input.hostKeyPolicy === undefined) return { ...current, algorithm: algorithm !== undefined ? algorithm : current.algorithm };
+  return { policy, fingerprint: null, algorithm: algorithm ?? null };
 }
 
 export interface RegistryDeps {
@@ -42,8 +89,8 @@ export interface RegistryDeps {
   localMachine: MachineRecord | null;
   /** Returns why a private key cannot be used (never the key itself), or null. */
   checkPrivateKey: (key: string, passphrase: string | null) => string | null;
-  /** Cancels one command (as `DELETE /v1/commands/{id}`); used by a forced delete. */
-  cancelCommand?: ((id: string) => Promise<void>) | undefined;
+  /** Cancels one command (as `DELETE /v1/commands/{id}`) in the name of `by`; used by a forced delete. */
+  cancelCommand?: ((id: string, by?: string) => Promise<void>) | undefined;
   /**
    * How long a forced delete waits for the machine's cancelled commands to end.
    * @default 15000
@@ -121,6 +168,7 @@ export class MachineRegistry {
       throw new InvalidArgumentError("private_key", "a private_key or a password is required");
     }
     if (input.name === this.deps.localMachine?.name) throw new AlreadyExistsError(`machine name ${JSON.stringify(input.name)} is taken`, "name");
+    const hostKey = resolveHostKey(input, null);
     const now = new Date();
     const record: MachineRecord = {
       id: newId("mach"),
@@ -131,8 +179,9 @@ export class MachineRegistry {
       privateKey: input.privateKey || null,
       passphrase: input.passphrase || null,
       password: input.password || null,
-      hostKeyFingerprint: input.hostKeyFingerprint || null,
-      hostKeyAlgorithm: input.hostKeyAlgorithm || null,
+      hostKeyFingerprint: hostKey.fingerprint,
+      hostKeyAlgorithm: hostKey.algorithm,
+      hostKeyPolicy: hostKey.policy,
       labels: input.labels ?? {},
       createdAt: now,
       updatedAt: now,
@@ -149,9 +198,25 @@ export class MachineRegistry {
     return m;
   }
 
-  async list(limit: number, offset: number, labels: Record<string, string> | null): Promise<{ items: MachineRecord[]; total: number }> {
+  /**
+   * A page of machines carrying `labels`; with `visible`, only the machines
+   * it accepts count (a token's scope: paging and totals as if the others
+   * did not exist).
+   */
+  async list(
+    limit: number,
+    offset: number,
+    labels: Record<string, string> | null,
+    visible?: (m: MachineRecord) => boolean,
+  ): Promise<{ items: MachineRecord[]; total: number }> {
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new InvalidArgumentError("limit", "must be an integer from 1 to 1000");
     if (!Number.isInteger(offset) || offset < 0) throw new InvalidArgumentError("offset", "must be a non-negative integer");
+    if (visible !== undefined) {
+      const local = this.deps.localMachine;
+      const stored = await this.deps.machines.selectByLabels(labels ?? {});
+      const all = (local && Object.entries(labels ?? {}).every(([k, v]) => local.labels[k] === v) ? [local, ...stored] : stored).filter(visible);
+      return { items: all.slice(offset, offset + limit), total: all.length };
+    }
     const page = await this.deps.machines.list({ limit, offset, labels });
     const local = this.deps.localMachine;
     if (!local || (labels && !Object.entries(labels).every(([k, v]) => local.labels[k] === v))) return page;
@@ -160,7 +225,8 @@ export class MachineRegistry {
     return { items, total: page.total + 1 };
   }
 
-  async update(id: string, input: MachineInput): Promise<MachineRecord> {
+  /** `guard` sees the machine as it would be stored and may refuse it by throwing. */
+  async update(id: string, input: MachineInput, guard?: (next: MachineRecord) => void): Promise<MachineRecord> {
     if (this.deps.localMachine && id === this.deps.localMachine.id) {
       throw new FailedPreconditionError("the built-in machine cannot be changed");
     }
@@ -174,12 +240,16 @@ export class MachineRegistry {
     if (input.privateKey !== undefined) patch.privateKey = input.privateKey || null;
     if (input.passphrase !== undefined) patch.passphrase = input.passphrase || null;
     if (input.password !== undefined) patch.password = input.password || null;
-    if (input.hostKeyFingerprint !== undefined) {
-      patch.hostKeyFingerprint = input.hostKeyFingerprint || null;
-      // A new pin may be of another key type: learn it again unless given.
-      if (input.hostKeyAlgorithm === undefined) patch.hostKeyAlgorithm = null;
+    if (input.hostKeyFingerprint !== undefined || input.hostKeyPolicy !== undefined || input.hostKeyAlgorithm !== undefined) {
+      const hostKey = resolveHostKey(input, {
+        policy: current.hostKeyPolicy ?? "pinned",
+        fingerprint: current.hostKeyFingerprint,
+        algorithm: current.hostKeyAlgorithm,
+      });
+      patch.hostKeyPolicy = hostKey.policy;
+      patch.hostKeyFingerprint = hostKey.fingerprint;
+      patch.hostKeyAlgorithm = hostKey.algorithm;
     }
-    if (input.hostKeyAlgorithm !== undefined) patch.hostKeyAlgorithm = input.hostKeyAlgorithm || null;
     if (input.labels && Object.keys(input.labels).length > 0) patch.labels = input.labels;
     else if (input.clearLabels) patch.labels = {};
     const merge = input.mergeLabels ?? {};
@@ -199,13 +269,15 @@ export class MachineRegistry {
     const privateKey = patch.privateKey !== undefined ? patch.privateKey : current.privateKey;
     const password = patch.password !== undefined ? patch.password : current.password;
     if (!privateKey && !password) throw new InvalidArgumentError("private_key", "a private_key or a password is required");
+    guard?.({ ...current, ...patch });
     const updated = await this.deps.machines.update(id, patch);
     if (!updated) throw new NotFoundError("machine", id, "id");
     this.deps.ssh.forget(id);
     return updated;
   }
 
-  async delete(id: string, force: boolean): Promise<void> {
+  /** `by` names who deletes it: a forced delete cancels its commands in that name. */
+  async delete(id: string, force: boolean, by?: string): Promise<void> {
     if (this.deps.localMachine && id === this.deps.localMachine.id) {
       throw new FailedPreconditionError("the built-in machine cannot be deleted");
     }
@@ -216,7 +288,7 @@ export class MachineRegistry {
         throw new FailedPreconditionError(`machine ${id} has ${active} running command(s); pass force=true to delete it anyway`);
       }
     } else {
-      await this.cancelCommandsOn(id);
+      await this.cancelCommandsOn(id, by);
     }
     await this.deps.machines.delete(id);
     this.deps.ssh.forget(id);
@@ -228,14 +300,14 @@ export class MachineRegistry {
    * up to `cancelWaitMs` for them to end, so none is left running on a target
    * whose machine no longer exists. Commands that ended meanwhile are fine.
    */
-  private async cancelCommandsOn(machineId: string): Promise<void> {
+  private async cancelCommandsOn(machineId: string, by: string | undefined): Promise<void> {
     const cancel = this.deps.cancelCommand;
     if (cancel === undefined) return;
     const active = (await this.deps.commands.listActive()).filter((c) => c.machineId === machineId);
     if (active.length === 0) return;
     await Promise.all(
       active.map((c) =>
-        cancel(c.id).catch((err: unknown) => {
+        cancel(c.id, by).catch((err: unknown) => {
           // Ended by itself meanwhile, already gone on the target, or the target cannot
           // be reached (then its run ends `lost` once the connection is given up): delete anyway.
           if (err instanceof TargetError) return;
@@ -256,16 +328,38 @@ export class MachineRegistry {
     const m = await this.get(id);
     const local = this.deps.localMachine !== null && m.id === this.deps.localMachine.id;
     const transport = local ? this.deps.local : this.deps.ssh;
+    // The policy after the test: a tofu machine's first connection pins it.
+    const policyNow = async (): Promise<HostKeyPolicy | null> => (local ? m.hostKeyPolicy : ((await this.deps.machines.get(id))?.hostKeyPolicy ?? m.hostKeyPolicy));
+    const wasUnpinnedTofu = !local && m.hostKeyPolicy === "tofu" && m.hostKeyFingerprint === null;
     try {
       const r = await transport.probe({ ...m, local });
       if (!local && r.hostKeyAlgorithm && m.hostKeyFingerprint && !m.hostKeyAlgorithm) {
         await this.deps.machines.update(id, { hostKeyAlgorithm: r.hostKeyAlgorithm });
       }
-      return { ok: true, latencyMs: Math.round(r.latencyMs), error: null, hostKeyFingerprint: r.hostKeyFingerprint, hostKeyAlgorithm: r.hostKeyAlgorithm };
+      const policy = await policyNow();
+      return {
+        ok: true,
+        latencyMs: Math.round(r.latencyMs),
+        error: null,
+        hostKeyFingerprint: r.hostKeyFingerprint,
+        hostKeyAlgorithm: r.hostKeyAlgorithm,
+        hostKeyPolicy: policy,
+        hostKeyPinned: wasUnpinnedTofu && policy === "pinned",
+      };
     } catch (err) {
       const code = err instanceof TargetError ? err.reason : "spawn_failed";
       const message = err instanceof Error ? err.message : String(err);
-      return { ok: false, latencyMs: null, error: { code, message }, hostKeyFingerprint: null, hostKeyAlgorithm: null };
+      const seen = err instanceof TargetError ? err.presentedHostKey : undefined;
+      const policy = await policyNow();
+      return {
+        ok: false,
+        latencyMs: null,
+        error: { code, message },
+        hostKeyFingerprint: seen?.fingerprint ?? null,
+        hostKeyAlgorithm: seen?.keyType ?? null,
+        hostKeyPolicy: policy,
+        hostKeyPinned: wasUnpinnedTofu && policy === "pinned",
+      };
     }
   }
 }

@@ -4,6 +4,7 @@
  * MikroORM, Connect or fastify.
  */
 import type { Readable } from "node:stream";
+import type { TokenStore } from "./tokens.ts";
 
 export type CommandStatus =
   | "queued"
@@ -30,6 +31,16 @@ export function isTerminal(status: CommandStatus): boolean {
 
 export type OutputStreamName = "stdout" | "stderr";
 
+/**
+ * How a machine's host key is checked, during key exchange and before any
+ * credential is sent. `pinned`: it must have the stored fingerprint. `tofu`:
+ * the first key seen is recorded (compare-and-set) and the machine becomes
+ * `pinned`. `insecure_accept_any`: any key, audited at every connection.
+ */
+export type HostKeyPolicy = "pinned" | "tofu" | "insecure_accept_any";
+
+export const HOST_KEY_POLICIES: readonly HostKeyPolicy[] = ["pinned", "tofu", "insecure_accept_any"];
+
 /** A registered machine, credentials included: never leaves the service. */
 export interface MachineRecord {
   id: string;
@@ -44,6 +55,8 @@ export interface MachineRecord {
   hostKeyFingerprint: string | null;
   /** The key type the fingerprint belongs to (e.g. `ssh-ed25519`), once known. */
   hostKeyAlgorithm: string | null;
+  /** Null only for the built-in machine, which is not reached over SSH. */
+  hostKeyPolicy: HostKeyPolicy | null;
   labels: Record<string, string>;
   createdAt: Date;
   updatedAt: Date;
@@ -60,6 +73,8 @@ export interface MachineTarget {
   password: string | null;
   hostKeyFingerprint: string | null;
   hostKeyAlgorithm: string | null;
+  /** Null: no policy (the built-in machine); an SSH transport then requires a fingerprint. */
+  hostKeyPolicy: HostKeyPolicy | null;
   /** The built-in machine: runs on the service's own host without SSH. */
   local?: boolean;
 }
@@ -140,6 +155,8 @@ export interface Transport {
    * without handshakes leave it out.
    */
   reserveStart?(target: MachineTarget): StartReservation | null;
+  /** Where host keys of `tofu` machines are recorded and checks reported (SSH transports). */
+  useHostKeyTrust?(trust: HostKeyTrust): void;
   handshakeStats?(): HandshakeStats;
   close(): Promise<void>;
 }
@@ -193,6 +210,8 @@ export interface CommandRecord {
   errorMessage: string | null;
   batchId: string | null;
   requestedBy: string;
+  /** Name of the token that asked to cancel it (`system`: the service itself); null when nobody did. */
+  cancelledBy: string | null;
   /** Remote job location; set when the command starts. */
   runner: RunnerState | null;
   /** Whether the command was started by a caller that waits for it (Execute, Batch). */
@@ -275,7 +294,28 @@ export interface MachineStore {
   /** Every machine that carries all of `labels`. */
   selectByLabels(labels: Record<string, string>): Promise<MachineRecord[]>;
   update(id: string, patch: Partial<MachineRecord>): Promise<MachineRecord | null>;
+  /**
+   * Trust on first use, atomically: pins `fingerprint` (of `keyType`) and
+   * turns the machine `pinned` only while it is `tofu` without a fingerprint
+   * (compare-and-set), so two first connections never pin two keys. Returns
+   * whether this call pinned, and the fingerprint stored now (null: none, e.g.
+   * the policy changed meanwhile or the machine is gone).
+   */
+  pinHostKey(id: string, fingerprint: string, keyType: string): Promise<{ pinned: boolean; fingerprint: string | null }>;
   delete(id: string): Promise<boolean>;
+}
+
+/**
+ * What the SSH transport asks of, and reports to, the service about host
+ * keys. `pinFirstKey` runs inside key exchange, before authentication.
+ */
+export interface HostKeyTrust {
+  /** TOFU: pins the presented key unless one is pinned already; resolves to the pinned fingerprint (null: none). */
+  pinFirstKey(machineId: string, fingerprint: string, keyType: string): Promise<string | null>;
+  /** A presented key did not match: the connection was refused before authentication. */
+  mismatch(machineId: string, expected: string, presented: { fingerprint: string; keyType: string }): void;
+  /** `insecure_accept_any`: a connection accepted whatever key the server presented. */
+  acceptedInsecure(machineId: string, presented: { fingerprint: string; keyType: string }): void;
 }
 
 export type BatchStatus = "running" | "completed" | "cancelled";
@@ -303,6 +343,7 @@ export interface Stores {
   commands: CommandStore;
   machines: MachineStore;
   batches: BatchStore;
+  tokens: TokenStore;
   /** Cheap liveness check for /readyz. */
   ping(): Promise<void>;
   close(): Promise<void>;

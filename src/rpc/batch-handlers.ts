@@ -20,7 +20,7 @@ import { summarize, type BatchInput, type BatchRunner, type BatchSummary } from 
 import type { CommandRecord } from "../exec/ports.ts";
 import type { CommandEngine, CommandView } from "../exec/command-engine.ts";
 import { InvalidArgumentError } from "../exec/errors.ts";
-import type { Principal } from "./auth.ts";
+import type { Caller } from "../exec/caller.ts";
 import { toSafeNumber } from "./command-service.ts";
 import { commandToProto } from "./mapping.ts";
 
@@ -124,17 +124,17 @@ function meta(s: BatchSummary) {
 }
 
 export interface BatchHandlers {
-  batch(req: BatchRequest, p: Principal, signal: AbortSignal): Promise<BatchResponse>;
-  batchStream(req: BatchRequest, p: Principal, signal: AbortSignal): AsyncIterable<BatchEvent>;
-  startBatch(req: BatchRequest, p: Principal): Promise<StartBatchResponse>;
-  getBatch(id: string): Promise<BatchProgress>;
-  cancelBatch(id: string): Promise<CancelBatchResponse>;
+  batch(req: BatchRequest, caller: Caller, signal: AbortSignal): Promise<BatchResponse>;
+  batchStream(req: BatchRequest, caller: Caller, signal: AbortSignal): AsyncIterable<BatchEvent>;
+  startBatch(req: BatchRequest, caller: Caller): Promise<StartBatchResponse>;
+  getBatch(id: string, caller: Caller): Promise<BatchProgress>;
+  cancelBatch(id: string, caller: Caller): Promise<CancelBatchResponse>;
 }
 
 export function batchHandlers(runner: BatchRunner, engine: CommandEngine, outputCap: number): BatchHandlers {
   return {
     async batch(req, p, signal) {
-      const prepared = await runner.prepare(batchInput(req), p.name, true);
+      const prepared = await runner.prepare(batchInput(req), p, true);
       // The terminal records arrive with the results: only their output is read back.
       const ended = new Map<string, CommandRecord>();
       const summary = await runner.run(prepared, (c) => ended.set(c.id, c), signal);
@@ -149,7 +149,7 @@ export function batchHandlers(runner: BatchRunner, engine: CommandEngine, output
     },
 
     async *batchStream(req, p, signal) {
-      const prepared = await runner.prepare(batchInput(req), p.name, true);
+      const prepared = await runner.prepare(batchInput(req), p, true);
       const queue: string[] = [];
       let wake: (() => void) | null = null;
       let done = false;
@@ -184,14 +184,14 @@ export function batchHandlers(runner: BatchRunner, engine: CommandEngine, output
     },
 
     async startBatch(req, p) {
-      const prepared = await runner.prepare(batchInput(req), p.name, false);
+      const prepared = await runner.prepare(batchInput(req), p, false);
       runner.run(prepared).catch(() => {});
       return create(StartBatchResponseSchema, { id: prepared.batch.id, status: "running" });
     },
 
-    async getBatch(id) {
+    async getBatch(id, caller) {
       if (id === "") throw new InvalidArgumentError("id", "is required");
-      const { batch, commands } = await runner.get(id);
+      const { batch, commands } = await runner.get(id, caller.scope);
       const s = summarize(batch.id, commands);
       const machines: Record<string, Command> = {};
       for (const c of commands) machines[c.machineId] = commandToProto(c);
@@ -216,9 +216,9 @@ export function batchHandlers(runner: BatchRunner, engine: CommandEngine, output
       });
     },
 
-    async cancelBatch(id) {
+    async cancelBatch(id, caller) {
       if (id === "") throw new InvalidArgumentError("id", "is required");
-      await runner.cancel(id);
+      await runner.cancel(id, caller);
       return create(CancelBatchResponseSchema, { cancelled: true });
     },
   };

@@ -3,7 +3,7 @@
  * done by the CommandEngine.
  */
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import {
   CancelCommandResponseSchema,
   CommandEventSchema,
@@ -22,15 +22,19 @@ import { InvalidArgumentError, NotFoundError } from "../exec/errors.ts";
 import type { CommandStore } from "../exec/ports.ts";
 import { parseIsoInstant } from "../exec/iso-time.ts";
 import type { ExecuteInput } from "../exec/validate.ts";
-import { principalKey, type Principal } from "./auth.ts";
+import { commandVisible, type Caller } from "../exec/caller.ts";
+import { allMachines, machineInScope } from "../exec/scope.ts";
+import { callerFrom, principalFrom, type Principal } from "./auth.ts";
 import { serverStream as stream, unary } from "./wrap.ts";
 import { commandToProto, historyItemToProto, statusFromName, statusToProto } from "./mapping.ts";
 import type { BatchHandlers } from "./batch-handlers.ts";
 
 export function principalOf(ctx: HandlerContext): Principal {
-  const p = ctx.values.get(principalKey);
-  if (!p) throw new ConnectError("not authenticated", Code.Unauthenticated);
-  return p;
+  return principalFrom(ctx.values);
+}
+
+export function callerOf(ctx: HandlerContext): Caller {
+  return callerFrom(ctx.values);
 }
 
 export function executeInput(req: ExecuteRequest): ExecuteInput {
@@ -81,14 +85,28 @@ export interface CommandServiceDeps {
 
 export function commandServiceImpl(deps: CommandServiceDeps): ServiceImpl<typeof CommandService> {
   const { engine, onInternal } = deps;
+
+  /**
+   * Throws NotFoundError (as for an unknown id) unless the command's machine
+   * is in the caller's scope. A scope over every machine costs no read.
+   */
+  const assertCommandVisible = async (id: string, caller: Caller): Promise<void> => {
+    if (id === "") throw new InvalidArgumentError("id", "is required");
+    if (allMachines(caller.scope)) return;
+    const rec = await deps.commands.get(id);
+    if (rec === null || !commandVisible(caller.scope, rec, await engine.findMachine(rec.machineId))) {
+      throw new NotFoundError("command", id, "id");
+    }
+  };
+
   return {
     execute: unary(async (req: ExecuteRequest, ctx) => {
-      const view = await engine.execute(executeInput(req), principalOf(ctx).name, ctx.signal);
+      const view = await engine.execute(executeInput(req), callerOf(ctx), ctx.signal);
       return commandToProto(view);
     }, onInternal),
 
     startCommand: unary(async (req: ExecuteRequest, ctx) => {
-      const rec = await engine.start(executeInput(req), principalOf(ctx).name);
+      const rec = await engine.start(executeInput(req), callerOf(ctx));
       return create(StartCommandResponseSchema, { id: rec.id, status: statusToProto(rec.status) });
     }, onInternal),
 
@@ -97,7 +115,7 @@ export function commandServiceImpl(deps: CommandServiceDeps): ServiceImpl<typeof
       // command is, so a refusal (429) leaves nothing started.
       const follower = engine.admission.admitFollower();
       try {
-        const rec = await engine.start(executeInput(req), principalOf(ctx).name);
+        const rec = await engine.start(executeInput(req), callerOf(ctx));
         yield create(CommandEventSchema, {
           event: { case: "started", value: create(CommandStartedSchema, { id: rec.id, status: statusToProto(rec.status) }) },
         });
@@ -109,24 +127,26 @@ export function commandServiceImpl(deps: CommandServiceDeps): ServiceImpl<typeof
       }
     }, onInternal),
 
-    getCommand: unary(async (req, _ctx) => {
-      if (req.id === "") throw new InvalidArgumentError("id", "is required");
+    getCommand: unary(async (req, ctx) => {
+      await assertCommandVisible(req.id, callerOf(ctx));
       return commandToProto(await engine.get(req.id));
     }, onInternal),
 
     watchCommand: stream(async function* (req, ctx) {
       if (req.id === "") throw new InvalidArgumentError("id", "is required");
       if (req.offset < 0n) throw new InvalidArgumentError("offset", "must be a non-negative byte offset");
+      await assertCommandVisible(req.id, callerOf(ctx));
       for await (const e of engine.watch(req.id, toSafeNumber("offset", req.offset), ctx.signal)) yield eventToProto(e);
     }, onInternal),
 
-    cancelCommand: unary(async (req, _ctx) => {
-      if (req.id === "") throw new InvalidArgumentError("id", "is required");
-      await engine.cancel(req.id);
+    cancelCommand: unary(async (req, ctx) => {
+      const caller = callerOf(ctx);
+      await assertCommandVisible(req.id, caller);
+      await engine.cancel(req.id, caller.name);
       return create(CancelCommandResponseSchema, { cancelled: true });
     }, onInternal),
 
-    listMachineCommands: unary(async (req, _ctx) => {
+    listMachineCommands: unary(async (req, ctx) => {
       const limit = req.limit ?? 20;
       if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new InvalidArgumentError("limit", "must be an integer from 1 to 1000");
       const offset = req.offset ?? 0;
@@ -145,6 +165,12 @@ export function commandServiceImpl(deps: CommandServiceDeps): ServiceImpl<typeof
       }
       if (req.cursor !== undefined && !/^[A-Za-z0-9_-]{1,200}$/.test(req.cursor)) {
         throw new InvalidArgumentError("cursor", "must be a cursor returned in meta.next_cursor");
+      }
+      const scope = callerOf(ctx).scope;
+      if (!allMachines(scope)) {
+        // A machine out of scope is not found, whether or not it still exists.
+        const m = await engine.findMachine(req.machineId);
+        if (!machineInScope(scope, { id: req.machineId, labels: m?.labels ?? null })) throw new NotFoundError("machine", req.machineId, "machine_id");
       }
       const page = await deps.commands.history({
         machineId: req.machineId,
@@ -173,10 +199,10 @@ export function commandServiceImpl(deps: CommandServiceDeps): ServiceImpl<typeof
       });
     }, onInternal),
 
-    batch: unary((req, ctx) => deps.batches.batch(req, principalOf(ctx), ctx.signal), onInternal),
-    batchStream: stream((req, ctx) => deps.batches.batchStream(req, principalOf(ctx), ctx.signal), onInternal),
-    startBatch: unary((req, ctx) => deps.batches.startBatch(req, principalOf(ctx)), onInternal),
-    getBatch: unary((req, _ctx) => deps.batches.getBatch(req.id), onInternal),
-    cancelBatch: unary((req, _ctx) => deps.batches.cancelBatch(req.id), onInternal),
+    batch: unary((req, ctx) => deps.batches.batch(req, callerOf(ctx), ctx.signal), onInternal),
+    batchStream: stream((req, ctx) => deps.batches.batchStream(req, callerOf(ctx), ctx.signal), onInternal),
+    startBatch: unary((req, ctx) => deps.batches.startBatch(req, callerOf(ctx)), onInternal),
+    getBatch: unary((req, ctx) => deps.batches.getBatch(req.id, callerOf(ctx)), onInternal),
+    cancelBatch: unary((req, ctx) => deps.batches.cancelBatch(req.id, callerOf(ctx)), onInternal),
   };
 }

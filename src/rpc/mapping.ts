@@ -9,9 +9,28 @@ import {
   type Command,
   type HistoryItem,
 } from "../gen/fleetrun/v1/command_pb.js";
-import { MachineSchema, type Machine } from "../gen/fleetrun/v1/machine_pb.js";
+import { HostKeyPolicy, MachineSchema, type Machine } from "../gen/fleetrun/v1/machine_pb.js";
 import type { CommandView } from "../exec/command-engine.ts";
-import type { CommandRecord, CommandStatus as DomainStatus, MachineRecord } from "../exec/ports.ts";
+import { InvalidArgumentError } from "../exec/errors.ts";
+import type { CommandRecord, CommandStatus as DomainStatus, HostKeyPolicy as DomainHostKeyPolicy, MachineRecord } from "../exec/ports.ts";
+
+const HOST_KEY_POLICY: Record<DomainHostKeyPolicy, HostKeyPolicy> = {
+  pinned: HostKeyPolicy.PINNED,
+  tofu: HostKeyPolicy.TOFU,
+  insecure_accept_any: HostKeyPolicy.INSECURE_ACCEPT_ANY,
+};
+
+/** The proto enum of a policy (unspecified for none: the built-in machine). */
+export function hostKeyPolicyToProto(p: DomainHostKeyPolicy | null): HostKeyPolicy {
+  return p === null ? HostKeyPolicy.UNSPECIFIED : HOST_KEY_POLICY[p];
+}
+
+/** A requested policy; unset stays undefined, the unspecified value is refused. */
+export function hostKeyPolicyFromProto(p: HostKeyPolicy | undefined): DomainHostKeyPolicy | undefined {
+  if (p === undefined) return undefined;
+  for (const [name, value] of Object.entries(HOST_KEY_POLICY)) if (value === p) return name as DomainHostKeyPolicy;
+  throw new InvalidArgumentError("host_key_policy", "must be pinned, tofu or insecure_accept_any");
+}
 
 const STATUS: Record<DomainStatus, CommandStatus> = {
   queued: CommandStatus.QUEUED,
@@ -76,6 +95,7 @@ export function commandToProto(c: CommandRecord & Partial<Pick<CommandView, "std
     error: c.errorCode ? create(CommandErrorSchema, { code: c.errorCode, message: c.errorMessage ?? "" }) : undefined,
     ...(c.batchId !== null ? { batchId: c.batchId } : {}),
     requestedBy: c.requestedBy,
+    ...(c.cancelledBy !== null ? { cancelledBy: c.cancelledBy } : {}),
   });
 }
 
@@ -102,6 +122,7 @@ export function machineToProto(m: MachineRecord): Machine {
     username: m.username,
     ...(m.hostKeyFingerprint ? { hostKeyFingerprint: m.hostKeyFingerprint } : {}),
     ...(m.hostKeyAlgorithm ? { hostKeyAlgorithm: m.hostKeyAlgorithm } : {}),
+    hostKeyPolicy: hostKeyPolicyToProto(m.hostKeyPolicy),
     labels: m.labels,
     hasPrivateKey: m.privateKey !== null,
     hasPassword: m.password !== null,

@@ -3,16 +3,28 @@
  * with TCP_NODELAY, keepalive, a handshake timeout, handshake pacing, and
  * host key verification BEFORE authentication.
  *
- * A pinned fingerprint belongs to one host key type. When the type is known
- * the server is restricted to it; when it is not and the key presented does
- * not match, the connection is retried restricted to each other type the
- * server offers before deciding it is a mismatch.
+ * The machine's host key policy decides, inside key exchange (ssh2's
+ * `hostVerifier`), before any credential is sent:
+ * - `pinned`: the key must have the fingerprint. A pinned fingerprint belongs
+ *   to one host key type. When the type is known the server is restricted to
+ *   it; when it is not and the key presented does not match, the connection is
+ *   retried restricted to each other type the server offers before deciding it
+ *   is a mismatch (each refused attempt ends before authentication).
+ * - `tofu` without a fingerprint yet: the presented key is recorded through
+ *   `HostKeyTrust.pinFirstKey` (compare-and-set in the store) and the
+ *   connection goes on only when the key recorded now is the presented one.
+ * - `insecure_accept_any`: any key, reported at every connection.
+ *
+ * Authentication then offers the private key (if any) and the password (if
+ * any) once: as `password` when the server lists it, otherwise as the answer
+ * to one keyboard-interactive prompt, never both.
  */
 import net from "node:net";
 import ssh2 from "ssh2";
-import type { AnyAuthMethod, AuthMethod, Client as Ssh2Client, ConnectConfig, ParsedKey } from "ssh2";
+import type { Client as Ssh2Client, ConnectConfig, ParsedKey } from "ssh2";
 import { TargetError } from "../exec/errors.ts";
-import type { MachineTarget } from "../exec/ports.ts";
+import type { HostKeyTrust, MachineTarget } from "../exec/ports.ts";
+import { authHandler } from "./auth-handler.ts";
 import type { HandshakePacer } from "./handshake-pacer.ts";
 import {
   HOST_KEY_TYPES,
@@ -37,6 +49,8 @@ export interface ConnectSettings {
   pacer: HandshakePacer;
   /** The key type learned earlier for this target's pinned fingerprint, if any. */
   learnedKeyType: string | null;
+  /** Records first keys (tofu) and hears of mismatches and insecure accepts. */
+  trust: HostKeyTrust;
   signal?: AbortSignal;
 }
 
@@ -101,6 +115,8 @@ interface AttemptOptions {
   expected: string | null;
   /** Record the server's list of host key formats (only when learning). */
   captureRemoteTypes: boolean;
+  /** With `expected` null: decides on the presented key (tofu); absent: any key is accepted. */
+  decide?: (fingerprint: string, keyType: string) => Promise<boolean>;
 }
 
 class HostKeyRejected extends Error {
@@ -113,6 +129,15 @@ class HostKeyRejected extends Error {
     this.fingerprint = fingerprint;
     this.keyType = keyType;
     this.remoteKeyTypes = remoteKeyTypes;
+  }
+}
+
+/** The first key of a `tofu` machine could not be recorded (the store failed): nothing was sent. */
+class HostKeyUndecided extends Error {
+  readonly inner: unknown;
+  constructor(inner: unknown) {
+    super("host key could not be recorded");
+    this.inner = inner;
   }
 }
 
@@ -218,19 +243,32 @@ function attempt(
           readyTimeout: settings.connectTimeoutMs + settings.handshakeTimeoutMs + 1_000,
           keepaliveInterval: settings.keepaliveIntervalMs,
           keepaliveCountMax: settings.keepaliveCountMax,
-          // Methods in order: the (pre-parsed) key, then the password, then
-          // keyboard-interactive answering every prompt with the password.
-          authHandler: authMethods(target, key),
-          // Runs during key exchange, before any authentication request.
-          hostVerifier: (blob: Buffer): boolean => {
+          // The (pre-parsed) key, then the password once (see authHandler).
+          authHandler: authHandler(target, key),
+          // Runs during key exchange, before any authentication request:
+          // ssh2 sends nothing of the credentials until `verify(true)`.
+          hostVerifier: (blob: Buffer, verify: (valid: boolean) => void): void => {
             const fingerprint = fingerprintOf(blob);
             const keyType = keyTypeOf(blob) ?? "unknown";
             presented = { fingerprint, keyType };
-            if (opts.expected !== null && !fingerprintsEqual(fingerprint, opts.expected)) {
-              rejectedKey = true;
-              return false;
+            if (opts.expected !== null) {
+              const ok = fingerprintsEqual(fingerprint, opts.expected);
+              if (!ok) rejectedKey = true;
+              verify(ok);
+              return;
             }
-            return true;
+            if (opts.decide === undefined) {
+              verify(true);
+              return;
+            }
+            opts.decide(fingerprint, keyType).then(
+              (ok) => {
+                if (settled) return;
+                if (!ok) rejectedKey = true;
+                verify(ok);
+              },
+              (err: unknown) => fail(new HostKeyUndecided(err)),
+            );
           },
         };
         if (opts.keyType) config.algorithms = { serverHostKey: serverHostKeyAlgorithmsFor(opts.keyType) as never };
@@ -258,23 +296,6 @@ function phaseTimeout(phase: "answer" | "handshake", ms: number): Error {
   return err;
 }
 
-function authMethods(target: MachineTarget, key: ParsedKey | null): AuthMethod[] {
-  const username = target.username;
-  const methods: AnyAuthMethod[] = [];
-  if (key) methods.push({ type: "publickey", username, key: key as unknown as string });
-  const password = target.password;
-  if (password) {
-    methods.push({ type: "password", username, password });
-    methods.push({
-      type: "keyboard-interactive",
-      username,
-      prompt: (_name, _instructions, _lang, prompts, finish) => finish(prompts.map(() => password)),
-    });
-  }
-  if (methods.length === 0) methods.push({ type: "none", username });
-  // ssh2 accepts a parsed key here although the typings say string | Buffer.
-  return methods as AuthMethod[];
-}
 
 /**
  * sshd drops connections beyond `MaxStartups` before the SSH handshake, at
@@ -310,25 +331,70 @@ async function connectOnce(
   const pinned = target.hostKeyFingerprint?.trim() || null;
   const mapFailure = (err: unknown): TargetError =>
     toTargetError(err instanceof AttemptFailed ? err.inner : err, ctx);
-  const mismatch = (seen: { fingerprint: string; keyType: string }, detail: string): TargetError =>
-    new TargetError(
+  const mismatch = (seen: { fingerprint: string; keyType: string }, detail: string): TargetError => {
+    const presentedHostKey = { fingerprint: seen.fingerprint, keyType: seen.keyType };
+    settings.trust.mismatch(target.id, pinned!, presentedHostKey);
+    return new TargetError(
       "host_key_mismatch",
       `host key of ${dest} does not match the pinned fingerprint ${pinned}: ` +
         `the server presented ${seen.keyType} ${seen.fingerprint}${detail}`,
       target.id,
+      { presentedHostKey },
     );
+  };
 
-  // No pin: accept whatever the server presents; the service decides policy.
-  if (pinned === null) {
+  const policy = target.hostKeyPolicy;
+  const declared = target.hostKeyAlgorithm ? normalizeKeyType(target.hostKeyAlgorithm) : null;
+
+  // Any key, at the operator's explicit request: every such connection is reported.
+  if (policy === "insecure_accept_any") {
+    let conn: EstablishedConnection;
     try {
-      return await attempt(target, key, settings, { keyType: null, expected: null, captureRemoteTypes: false });
+      conn = await attempt(target, key, settings, { keyType: declared, expected: null, captureRemoteTypes: false });
     } catch (err) {
+      throw mapFailure(err);
+    }
+    settings.trust.acceptedInsecure(target.id, { fingerprint: conn.hostKeyFingerprint, keyType: conn.hostKeyType });
+    return conn;
+  }
+
+  // Trust on first use: the presented key is recorded (compare-and-set)
+  // before authentication; a key other than the one recorded is refused.
+  if (pinned === null) {
+    if (policy !== "tofu") {
+      throw new TargetError("host_key_mismatch", `no host key is pinned for ${dest} and its host key policy is not tofu: nothing was sent`, target.id);
+    }
+    let recorded: string | null = null;
+    const decide = async (fingerprint: string, keyType: string): Promise<boolean> => {
+      recorded = await settings.trust.pinFirstKey(target.id, fingerprint, keyType);
+      return recorded !== null && fingerprintsEqual(recorded, fingerprint);
+    };
+    try {
+      return await attempt(target, key, settings, { keyType: declared, expected: null, captureRemoteTypes: false, decide });
+    } catch (err) {
+      if (err instanceof HostKeyRejected) {
+        const seen = { fingerprint: err.fingerprint, keyType: err.keyType };
+        if (recorded === null) {
+          throw new TargetError("host_key_mismatch", `host key of ${dest} was not recorded (the machine is no longer tofu, or there is no store to record it in): nothing was sent`, target.id, { presentedHostKey: seen });
+        }
+        settings.trust.mismatch(target.id, recorded, seen);
+        throw new TargetError(
+          "host_key_mismatch",
+          `host key of ${dest} does not match the fingerprint pinned on first use ${recorded}: the server presented ${seen.keyType} ${seen.fingerprint}`,
+          target.id,
+          { presentedHostKey: seen },
+        );
+      }
+      if (err instanceof AttemptFailed && err.inner instanceof HostKeyUndecided) {
+        const why = err.inner.inner instanceof Error ? err.inner.inner.message : String(err.inner.inner);
+        throw new TargetError("unreachable", `the host key of ${dest} could not be recorded (${why.split("\n")[0]}): nothing was sent`, target.id);
+      }
       throw mapFailure(err);
     }
   }
 
   // Pin with a known key type: restrict the server to it, one attempt.
-  const declaredType = target.hostKeyAlgorithm ? normalizeKeyType(target.hostKeyAlgorithm) : null;
+  const declaredType = declared;
   const knownType = declaredType ?? settings.learnedKeyType;
   if (knownType !== null) {
     try {

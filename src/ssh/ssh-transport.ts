@@ -21,6 +21,7 @@ import type {
   ExecOptions,
   ExitInfo,
   HandshakeStats,
+  HostKeyTrust,
   MachineTarget,
   ProbeResult,
   RemoteProcess,
@@ -63,7 +64,20 @@ export interface SshTransportOptions {
    * target did not declare, so the service can store it as `hostKeyAlgorithm`.
    */
   onHostKeyLearned?: (machineId: string, algorithm: string) => void;
+  /**
+   * Records first keys of `tofu` machines and hears of mismatches and
+   * insecure accepts (the service's store and audit trail).
+   * @default none: a `tofu` machine without a pinned key is refused
+   */
+  hostKeys?: HostKeyTrust;
 }
+
+/** Without a store nothing can be trusted on first use: tofu machines are refused. */
+const NO_TRUST: HostKeyTrust = {
+  pinFirstKey: async () => null,
+  mismatch() {},
+  acceptedInsecure() {},
+};
 
 interface Conn {
   pool: Pool;
@@ -109,7 +123,7 @@ interface Pool {
 function settingsHash(t: MachineTarget): string {
   return createHash("sha256")
     .update(
-      JSON.stringify([t.host, t.port, t.username, t.privateKey, t.passphrase, t.password, t.hostKeyFingerprint]),
+      JSON.stringify([t.host, t.port, t.username, t.privateKey, t.passphrase, t.password, t.hostKeyFingerprint, t.hostKeyPolicy]),
     )
     .digest("hex")
     .slice(0, 32);
@@ -141,6 +155,7 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
   const keepaliveCountMax = options.keepaliveCountMax ?? 4;
   const channelOpenRetries = options.channelOpenRetries ?? 8;
   const channelOpenBackoffMs = options.channelOpenBackoffMs ?? 20;
+  let trust = options.hostKeys ?? NO_TRUST;
   const pacer: HandshakePacer = createHandshakePacer({
     perDestination: options.handshakesPerDestination ?? 6,
     overall: options.handshakesOverall ?? 64,
@@ -314,6 +329,7 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
       keepaliveCountMax,
       pacer,
       learnedKeyType,
+      trust,
     }).then(
       (est) => {
         pool.connecting--;
@@ -630,6 +646,10 @@ export function createSshTransport(options: SshTransportOptions = {}): Transport
           if (r.starts === 0 && reservations.get(key) === r) reservations.delete(key);
         },
       };
+    },
+
+    useHostKeyTrust(next) {
+      trust = next;
     },
 
     handshakeStats(): HandshakeStats {

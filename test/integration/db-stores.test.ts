@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openStores } from "../../src/db/index.ts";
 import type { SqlCommandStore } from "../../src/db/command-store.ts";
 import type { DbConfig } from "../../src/db/index.ts";
+import { POSTGRESQL_MIGRATIONS, SQLITE_MIGRATIONS } from "../../src/db/migrations/index.ts";
 import { AlreadyExistsError, InvalidArgumentError } from "../../src/exec/errors.ts";
 import type {
   CommandRecord,
@@ -45,6 +46,7 @@ function machine(overrides: Partial<MachineRecord> = {}): MachineRecord {
     password: null,
     hostKeyFingerprint: "SHA256:abc",
     hostKeyAlgorithm: "ssh-ed25519",
+    hostKeyPolicy: "pinned",
     labels: { env: "prod" },
     createdAt: at,
     updatedAt: at,
@@ -78,6 +80,7 @@ function command(machineId: string, overrides: Partial<CommandRecord> = {}): Com
     errorMessage: null,
     batchId: null,
     requestedBy: "admin",
+    cancelledBy: null,
     runner: null,
     sync: false,
     ...overrides,
@@ -720,7 +723,9 @@ for (const driver of drivers) {
           }
           const third = await openStores(t.config);
           await third.close();
-          expect(await migrationsApplied(t.config)).toEqual(["0001_initial_schema"]);
+          const all = (t.config.databaseUrl === undefined ? SQLITE_MIGRATIONS : POSTGRESQL_MIGRATIONS).map((x) => x.name);
+          expect(all[0]).toBe("0001_initial_schema");
+          expect(await migrationsApplied(t.config)).toEqual(all);
         } finally {
           await t.cleanup();
         }

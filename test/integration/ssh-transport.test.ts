@@ -25,6 +25,7 @@ function machine(index: number, over: Partial<MachineTarget> = {}): MachineTarge
     password: null,
     hostKeyFingerprint: null,
     hostKeyAlgorithm: null,
+    hostKeyPolicy: over.hostKeyFingerprint ? "pinned" : "insecure_accept_any",
     ...over,
   };
 }

@@ -173,6 +173,7 @@ describe("SSH transport start reservations", () => {
     password: "x",
     hostKeyFingerprint: null,
     hostKeyAlgorithm: null,
+    hostKeyPolicy: "insecure_accept_any",
   });
 
   it("lets starts on one machine share a reserved handshake, and refuses another machine's that would queue", async () => {

@@ -118,6 +118,19 @@ describe("configuration", () => {
     expect(loadConfig({ DATABASE_URL: "postgresql://u@db:5432/x" }).databaseUrl).toBe("postgresql://u@db:5432/x");
   });
 
+  it("checks FLEETRUN_SECRET_KEY's keys without echoing them, and refuses it together with FLEETRUN_SECRET_KEY_FILE", () => {
+    const key = Buffer.alloc(32, 7).toString("base64");
+    expect(loadConfig({ FLEETRUN_SECRET_KEY: `${key}, ${Buffer.alloc(32, 8).toString("base64")}` }).secretKey).toContain(key);
+    expect(() => loadConfig({ FLEETRUN_SECRET_KEY: "dG9vLXNob3J0" })).toThrow(/^FLEETRUN_SECRET_KEY: the key is 9 bytes, not 32/);
+    expect(() => loadConfig({ FLEETRUN_SECRET_KEY: `${key},${key}` })).toThrow(/^FLEETRUN_SECRET_KEY: key 2 of 2 is listed twice$/);
+    expect(() => loadConfig({ FLEETRUN_SECRET_KEY: key, FLEETRUN_SECRET_KEY_FILE: "/etc/keys" })).toThrow(/not both/);
+    try {
+      loadConfig({ FLEETRUN_SECRET_KEY: "dG9vLXNob3J0" });
+    } catch (err) {
+      expect((err as Error).message).not.toContain("dG9vLXNob3J0");
+    }
+  });
+
   it("names FLEETRUN_ variables that are no setting, with the closest one", () => {
     expect(unknownSettings({ FLEETRUN_LOCAL_MACHINES: "1", FLEETRUN_PORT: "1", FLEETRUN_DATA_DIR: "/x", PATH: "/bin", FLEETRUN_ZZZZZZZZZZZZZZ: "" })).toEqual([
       { env: "FLEETRUN_LOCAL_MACHINES", suggestion: "FLEETRUN_LOCAL_MACHINE" },

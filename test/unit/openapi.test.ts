@@ -8,6 +8,7 @@ import SwaggerParser from "@apidevtools/swagger-parser";
 import { describe, expect, it } from "vitest";
 import { CommandService } from "../../src/gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "../../src/gen/fleetrun/v1/machine_pb.js";
+import { TokenService } from "../../src/gen/fleetrun/v1/token_pb.js";
 import { describeRestRoutes } from "../../src/rest/rest-routes.ts";
 import { generateOpenApiText, OPENAPI_FILE } from "../../scripts/generate-openapi.ts";
 
@@ -32,7 +33,7 @@ describe("openapi/fleetrun.openapi.json", () => {
   });
 
   it("has one operation per REST route the server registers, with its success status", () => {
-    const routes = describeRestRoutes([CommandService, MachineService]);
+    const routes = describeRestRoutes([CommandService, MachineService, TokenService]);
     expect(routes.length).toBeGreaterThan(10);
     for (const r of routes) {
       const op = doc.paths[r.path.replace(/=\*\}/g, "}")]?.[r.method.toLowerCase()];

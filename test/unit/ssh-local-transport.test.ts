@@ -23,6 +23,7 @@ const local: MachineTarget = {
   password: null,
   hostKeyFingerprint: null,
   hostKeyAlgorithm: null,
+  hostKeyPolicy: null,
   local: true,
 };
 

@@ -45,7 +45,7 @@ afterAll(async () => {
 it("keeps the exit status that arrived together with the exec confirmation", async () => {
   const t = createSshTransport({});
   try {
-    const target = { id: "m", host: "127.0.0.1", port, username: "u", privateKey: null, passphrase: null, password: "pw", hostKeyFingerprint: fingerprint, hostKeyAlgorithm: null };
+    const target = { id: "m", host: "127.0.0.1", port, username: "u", privateKey: null, passphrase: null, password: "pw", hostKeyFingerprint: fingerprint, hostKeyAlgorithm: null, hostKeyPolicy: "pinned" as const };
     for (let i = 0; i < 20; i++) {
       const p = await t.exec(target, "true");
       p.stdout.resume();

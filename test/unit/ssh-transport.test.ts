@@ -224,6 +224,7 @@ function target(port: number, over: Partial<MachineTarget> = {}): MachineTarget 
     password: PASSWORD,
     hostKeyFingerprint: null,
     hostKeyAlgorithm: null,
+    hostKeyPolicy: over.hostKeyFingerprint ? "pinned" : "insecure_accept_any",
     ...over,
   };
 }

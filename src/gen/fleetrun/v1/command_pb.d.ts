@@ -220,6 +220,16 @@ export declare type Command = Message<"fleetrun.v1.Command"> & {
    * @generated from field: string requested_by = 23;
    */
   requestedBy: string;
+
+  /**
+   * Name of the token that asked to cancel it (the caller itself when a
+   * waiting caller hung up, `system` when the service stopped it); null when
+   * nobody did. A command that ended by itself before the signal reached it
+   * keeps its own status.
+   *
+   * @generated from field: optional string cancelled_by = 24;
+   */
+  cancelledBy?: string | undefined;
 };
 
 /**

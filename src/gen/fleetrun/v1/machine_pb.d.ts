@@ -2,7 +2,7 @@
 // @generated from file fleetrun/v1/machine.proto (package fleetrun.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 
@@ -76,6 +76,14 @@ export declare type Machine = Message<"fleetrun.v1.Machine"> & {
    * @generated from field: optional string host_key_algorithm = 12;
    */
   hostKeyAlgorithm?: string | undefined;
+
+  /**
+   * How the host key is checked; unspecified (null) only for the built-in
+   * machine, which is not reached over SSH.
+   *
+   * @generated from field: fleetrun.v1.HostKeyPolicy host_key_policy = 13;
+   */
+  hostKeyPolicy: HostKeyPolicy;
 };
 
 /**
@@ -128,7 +136,7 @@ export declare type CreateMachineRequest = Message<"fleetrun.v1.CreateMachineReq
   password?: string | undefined;
 
   /**
-   * `SHA256:…` as `ssh-keygen -lf` prints it.
+   * `SHA256:…` as `ssh-keygen -lf` prints it. Not empty: leave it out for `tofu`.
    *
    * @generated from field: optional string host_key_fingerprint = 8;
    */
@@ -145,6 +153,14 @@ export declare type CreateMachineRequest = Message<"fleetrun.v1.CreateMachineReq
    * @generated from field: optional string host_key_algorithm = 10;
    */
   hostKeyAlgorithm?: string | undefined;
+
+  /**
+   * Default: `pinned` with a `host_key_fingerprint`, `tofu` without one.
+   * `tofu` and `insecure_accept_any` take no fingerprint.
+   *
+   * @generated from field: optional fleetrun.v1.HostKeyPolicy host_key_policy = 11;
+   */
+  hostKeyPolicy?: HostKeyPolicy | undefined;
 };
 
 /**
@@ -326,6 +342,15 @@ export declare type UpdateMachineRequest = Message<"fleetrun.v1.UpdateMachineReq
    * @generated from field: repeated string remove_labels = 14;
    */
   removeLabels: string[];
+
+  /**
+   * `pinned` needs a fingerprint (given here or already stored); `tofu` forgets
+   * the stored one so that the next connection records the key again;
+   * `insecure_accept_any` forgets it too. A fingerprint alone switches to `pinned`.
+   *
+   * @generated from field: optional fleetrun.v1.HostKeyPolicy host_key_policy = 15;
+   */
+  hostKeyPolicy?: HostKeyPolicy | undefined;
 };
 
 /**
@@ -411,6 +436,8 @@ export declare type TestMachineResponse = Message<"fleetrun.v1.TestMachineRespon
   error?: TestError | undefined;
 
   /**
+   * The host key the server presented (also when it did not match).
+   *
    * @generated from field: optional string host_key_fingerprint = 4;
    */
   hostKeyFingerprint?: string | undefined;
@@ -419,6 +446,20 @@ export declare type TestMachineResponse = Message<"fleetrun.v1.TestMachineRespon
    * @generated from field: optional string host_key_algorithm = 5;
    */
   hostKeyAlgorithm?: string | undefined;
+
+  /**
+   * The machine's policy after the test.
+   *
+   * @generated from field: fleetrun.v1.HostKeyPolicy host_key_policy = 6;
+   */
+  hostKeyPolicy: HostKeyPolicy;
+
+  /**
+   * True when the machine was `tofu` and its first key was recorded by this test.
+   *
+   * @generated from field: bool host_key_pinned = 7;
+   */
+  hostKeyPinned: boolean;
 };
 
 /**
@@ -447,6 +488,49 @@ export declare type TestError = Message<"fleetrun.v1.TestError"> & {
  * Use `create(TestErrorSchema)` to create a new message.
  */
 export declare const TestErrorSchema: GenMessage<TestError>;
+
+/**
+ * How a machine's SSH host key is checked. The check runs during key exchange,
+ * before any credential is sent: a key that fails it never sees a password or
+ * a key offer.
+ *
+ * @generated from enum fleetrun.v1.HostKeyPolicy
+ */
+export enum HostKeyPolicy {
+  /**
+   * @generated from enum value: HOST_KEY_POLICY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The key must have `host_key_fingerprint` (required with this policy).
+   * The default when a fingerprint is given.
+   *
+   * @generated from enum value: HOST_KEY_POLICY_PINNED = 1;
+   */
+  PINNED = 1,
+
+  /**
+   * Trust on first use: the first successful key exchange records the key
+   * (audited) and the machine becomes `pinned` to it. The default when no
+   * fingerprint is given.
+   *
+   * @generated from enum value: HOST_KEY_POLICY_TOFU = 2;
+   */
+  TOFU = 2,
+
+  /**
+   * Any key is accepted, audited at every connection. Only when asked for by name.
+   *
+   * @generated from enum value: HOST_KEY_POLICY_INSECURE_ACCEPT_ANY = 3;
+   */
+  INSECURE_ACCEPT_ANY = 3,
+}
+
+/**
+ * Describes the enum fleetrun.v1.HostKeyPolicy.
+ */
+export declare const HostKeyPolicySchema: GenEnum<HostKeyPolicy>;
 
 /**
  * The registry of SSH targets. Credentials are write-only.
