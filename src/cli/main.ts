@@ -158,7 +158,8 @@ export function buildProgram(): Command {
     .command("add")
     .description(
       "Register an SSH target. Credentials are read from files, never from the command line.\n" +
-        "Pin its host key with --fingerprint (as ssh-keygen -lf prints it), or choose --tofu.",
+        "Pin its host key with --fingerprint (as ssh-keygen -lf prints it), or choose --tofu\n" +
+        "(or --insecure-accept-any).",
     )
     .argument("<name>", "unique name")
     .requiredOption("--host <host>", "host name or IP address")
@@ -169,7 +170,8 @@ export function buildProgram(): Command {
     .option("--password-file <file>", "file holding the login password (- for stdin)")
     .option("--fingerprint <SHA256:…>", "pin the host key (ssh-keyscan HOST | ssh-keygen -lf -)")
     .option("--host-key-algorithm <alg>", "key type of the pin: ssh-ed25519, ecdsa-sha2-nistp256, ssh-rsa, …")
-    .option("--tofu", "no pin: accept the key the host presents (check it with fleetrun machines test)")
+    .option("--tofu", "trust on first use: the first connection records the key, later ones must match")
+    .option("--insecure-accept-any", "accept any host key, at every connection (audited)")
     .option("--label <KEY=VALUE>", "label, repeatable", collect, [])
     .addHelpText("after", "\nExample:\n  fleetrun machines add web-1 --host 10.0.0.5 --user deploy --key ~/.ssh/id_ed25519 \\\n    --fingerprint \"$(ssh-keyscan -t ed25519 10.0.0.5 2>/dev/null | ssh-keygen -lf - | cut -d' ' -f2)\" --label env=prod\n")
     .action(lazy(async () => (await import("./commands/machines.ts")).addAction));

@@ -5,7 +5,7 @@
 import type { JsonValue } from "@bufbuild/protobuf";
 import { CommandSchema, CommandStatus, CommandStatusSchema, HistoryItemSchema } from "../gen/fleetrun/v1/command_pb.js";
 import type { Command, HistoryItem } from "../gen/fleetrun/v1/command_pb.js";
-import { MachineSchema } from "../gen/fleetrun/v1/machine_pb.js";
+import { HostKeyPolicy, MachineSchema } from "../gen/fleetrun/v1/machine_pb.js";
 import type { Machine } from "../gen/fleetrun/v1/machine_pb.js";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
@@ -82,9 +82,31 @@ export function machineRow(m: Machine): string[] {
     m.name,
     `${m.username}@${m.host}${m.port !== 22 ? `:${m.port}` : ""}`,
     formatLabels(m.labels),
-    m.hostKeyFingerprint !== undefined ? `${m.hostKeyFingerprint.slice(0, 19)}…` : "unpinned",
+    hostKeyShort(m),
     m.hasPrivateKey ? "key" : m.hasPassword ? "password" : m.id === "mach_local" ? "local" : "-",
   ];
+}
+
+/** The host key check in a table cell: the pin's start, `tofu (none yet)`, `ANY (insecure)`. */
+function hostKeyShort(m: Machine): string {
+  if (m.hostKeyFingerprint !== undefined) return `${m.hostKeyFingerprint.slice(0, 19)}…`;
+  if (m.hostKeyPolicy === HostKeyPolicy.TOFU) return "tofu (none yet)";
+  if (m.hostKeyPolicy === HostKeyPolicy.INSECURE_ACCEPT_ANY) return "ANY (insecure)";
+  return "-";
+}
+
+function hostKeyLong(m: Machine): string {
+  const pin = m.hostKeyFingerprint !== undefined ? `${m.hostKeyFingerprint}${m.hostKeyAlgorithm ? ` (${m.hostKeyAlgorithm})` : ""}` : "";
+  switch (m.hostKeyPolicy) {
+    case HostKeyPolicy.PINNED:
+      return `pinned: ${pin}`;
+    case HostKeyPolicy.TOFU:
+      return pin !== "" ? `pinned on first use: ${pin}` : "tofu: the first connection records the key";
+    case HostKeyPolicy.INSECURE_ACCEPT_ANY:
+      return "insecure_accept_any: any key is accepted";
+    default:
+      return pin !== "" ? pin : "-";
+  }
 }
 
 export function machineFields(m: Machine): [string, string][] {
@@ -93,7 +115,7 @@ export function machineFields(m: Machine): [string, string][] {
     ["name", m.name],
     ["address", `${m.username}@${m.host}:${m.port}`],
     ["labels", formatLabels(m.labels)],
-    ["host key", m.hostKeyFingerprint !== undefined ? `${m.hostKeyFingerprint}${m.hostKeyAlgorithm ? ` (${m.hostKeyAlgorithm})` : ""}` : "unpinned (any host key is accepted)"],
+    ["host key", hostKeyLong(m)],
     ["credentials", [m.hasPrivateKey ? "private key" : "", m.hasPassword ? "password" : ""].filter(Boolean).join(", ") || "-"],
     ["created", formatTime(time(m.createdAt))],
     ["updated", formatTime(time(m.updatedAt))],

@@ -334,7 +334,7 @@ describe("fleetrun CLI", { timeout: 180_000 }, () => {
     const common = ["--host", fleet.addresses[16]!, "--port", String(fleet.port), "--user", "root", "--key", keyFile];
     const missing = await cli(["machines", "add", name, ...common]);
     expect(missing.code).toBe(64);
-    expect(missing.err).toMatch(/--fingerprint .* or choose --tofu/);
+    expect(missing.err).toMatch(/--fingerprint .*, or choose --tofu/);
     const add = await cli(["machines", "add", name, ...common, "--fingerprint", fp, "--label", "env=clitest", "--label", "role=web", "-o", "json"]);
     expect(add.code, add.err).toBe(0);
     const m = JSON.parse(add.out) as { id: string; host_key_fingerprint: string; has_private_key: boolean; labels: Record<string, string> };
@@ -350,10 +350,16 @@ describe("fleetrun CLI", { timeout: 180_000 }, () => {
     expect(test.out).toMatch(new RegExp(`^ok: ${name} \\(${m.id}\\) answered in \\S+, host key ${fp.replace(/[+/]/g, "\\$&")} \\(ssh-ed25519\\)\n$`));
     expect((await cli(["run", name, "--", "echo via-cli-machine"])).out).toBe("via-cli-machine\n");
 
+    // Trust on first use: no key until the first connection, which pins the one it saw.
     const tofu = await cli(["machines", "add", `${name}-tofu`, ...common, "--tofu", "-o", "json"]);
     expect(tofu.code, tofu.err).toBe(0);
-    expect(JSON.parse(tofu.out).host_key_fingerprint).toBeNull();
-    expect(tofu.err).toContain("has no pinned host key");
+    expect(JSON.parse(tofu.out)).toMatchObject({ host_key_fingerprint: null, host_key_policy: "tofu" });
+    expect(tofu.err).toContain("pins the host key its first connection sees");
+    expect((await cli(["machines", "list"])).out).toMatch(new RegExp(`${name}-tofu .* tofu \\(none yet\\)`));
+    const first = await cli(["machines", "test", `${name}-tofu`]);
+    expect(first.code, first.err).toBe(0);
+    expect(first.out).toContain(`host key ${fp} (ssh-ed25519, pinned now)`);
+    expect(JSON.parse((await cli(["machines", "get", `${name}-tofu`, "-o", "json"])).out)).toMatchObject({ host_key_fingerprint: fp, host_key_policy: "pinned" });
     const wrong = await cli(["machines", "add", `${name}-bad`, ...common, "--fingerprint", "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"]);
     expect(wrong.code).toBe(0);
     const mismatch = await cli(["machines", "test", `${name}-bad`]);

@@ -11,6 +11,7 @@ import { ConfigError } from "../../src/cli/errors.ts";
 import { colorsFor, renderFields, renderTable } from "../../src/cli/output.ts";
 import { checkUrl, configPath, parseConfig, readConfig, resolveSettings, writeConfig } from "../../src/cli/profile.ts";
 import { hostKeyFields } from "../../src/cli/commands/machines.ts";
+import { HostKeyPolicy } from "../../src/gen/fleetrun/v1/machine_pb.js";
 
 describe("profile file", () => {
   let dir: string;
@@ -98,11 +99,14 @@ describe("output", () => {
 });
 
 describe("machines add: host key", () => {
-  it("pins a fingerprint, or sends none with --tofu; one of them is required", () => {
-    expect(hostKeyFields({ fingerprint: "SHA256:abc" })).toEqual({ hostKeyFingerprint: "SHA256:abc" });
-    expect(hostKeyFields({ fingerprint: "SHA256:abc", hostKeyAlgorithm: "ssh-ed25519" })).toEqual({ hostKeyFingerprint: "SHA256:abc", hostKeyAlgorithm: "ssh-ed25519" });
-    expect(hostKeyFields({ tofu: true })).toEqual({});
-    expect(() => hostKeyFields({})).toThrow(/--fingerprint SHA256:… .* or choose --tofu/);
+  it("pins a fingerprint, or asks for tofu or insecure_accept_any by name; exactly one is required", () => {
+    expect(hostKeyFields({ fingerprint: "SHA256:abc" })).toEqual({ hostKeyFingerprint: "SHA256:abc", hostKeyPolicy: HostKeyPolicy.PINNED });
+    expect(hostKeyFields({ fingerprint: "SHA256:abc", hostKeyAlgorithm: "ssh-ed25519" })).toEqual({ hostKeyFingerprint: "SHA256:abc", hostKeyPolicy: HostKeyPolicy.PINNED, hostKeyAlgorithm: "ssh-ed25519" });
+    expect(hostKeyFields({ tofu: true })).toEqual({ hostKeyPolicy: HostKeyPolicy.TOFU });
+    expect(hostKeyFields({ insecureAcceptAny: true })).toEqual({ hostKeyPolicy: HostKeyPolicy.INSECURE_ACCEPT_ANY });
+    expect(() => hostKeyFields({})).toThrow(/--fingerprint SHA256:… .*, or choose --tofu/);
     expect(() => hostKeyFields({ fingerprint: "SHA256:abc", tofu: true })).toThrow(/--tofu/);
+    expect(() => hostKeyFields({ tofu: true, insecureAcceptAny: true })).toThrow(/--tofu/);
+    expect(() => hostKeyFields({ tofu: true, hostKeyAlgorithm: "ssh-rsa" })).toThrow(/goes with --fingerprint/);
   });
 });

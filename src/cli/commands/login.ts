@@ -4,6 +4,7 @@
  * show what is saved (tokens shortened).
  */
 import fs from "node:fs";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { CliError, UsageError } from "../errors.ts";
 import { EXIT } from "../exit-codes.ts";
 import { createOut, parseOutputMode, printJson, renderTable } from "../output.ts";
@@ -27,6 +28,9 @@ export async function loginAction(_args: string[], opts: Record<string, unknown>
   const s = openSession({ ...globals, url, token, profile: undefined });
   try {
     await s.fleet.machines.listMachines({ limit: 1 });
+  } catch (e) {
+    // Authenticated, but its scope does not cover listing machines: still a good token.
+    if (ConnectError.from(e).code !== Code.PermissionDenied) throw e;
   } finally {
     s.fleet.close();
   }

@@ -8,7 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { CreateMachineRequestSchema } from "../../gen/fleetrun/v1/machine_pb.js";
-import { TestMachineResponseSchema } from "../../gen/fleetrun/v1/machine_pb.js";
+import { HostKeyPolicy, TestMachineResponseSchema } from "../../gen/fleetrun/v1/machine_pb.js";
 import { encodeMessage } from "../../rest/json-codec.ts";
 import { UsageError } from "../errors.ts";
 import { EXIT } from "../exit-codes.ts";
@@ -56,6 +56,7 @@ interface AddOptions {
   fingerprint?: string;
   hostKeyAlgorithm?: string;
   tofu?: boolean;
+  insecureAcceptAny?: boolean;
   label: string[];
 }
 
@@ -75,19 +76,24 @@ function readSecret(file: string, flag: string): string {
 }
 
 /**
- * The host-key part of a new machine: a pin, or (`--tofu`) none. The service
- * records no key for an unpinned machine today; once it takes
- * `host_key_policy`, `--tofu` becomes `{ hostKeyPolicy: "tofu" }` here.
+ * The host-key part of a new machine: a pin (`--fingerprint`), trust on first
+ * use (`--tofu`), or no check at all (`--insecure-accept-any`): one of them,
+ * said out loud.
  */
-export function hostKeyFields(opts: Pick<AddOptions, "fingerprint" | "hostKeyAlgorithm" | "tofu">): Partial<MessageInitShape<typeof CreateMachineRequestSchema>> {
-  if ((opts.fingerprint !== undefined) === (opts.tofu === true)) {
-    throw new UsageError("give the host key with --fingerprint SHA256:… (ssh-keyscan HOST | ssh-keygen -lf -) or choose --tofu");
+export function hostKeyFields(opts: Pick<AddOptions, "fingerprint" | "hostKeyAlgorithm" | "tofu" | "insecureAcceptAny">): Partial<MessageInitShape<typeof CreateMachineRequestSchema>> {
+  const chosen = [opts.fingerprint !== undefined, opts.tofu === true, opts.insecureAcceptAny === true].filter(Boolean).length;
+  if (chosen !== 1) {
+    throw new UsageError("give the host key with --fingerprint SHA256:… (ssh-keyscan HOST | ssh-keygen -lf -), or choose --tofu (or --insecure-accept-any)");
   }
-  if (opts.tofu === true) {
+  if (opts.fingerprint === undefined) {
     if (opts.hostKeyAlgorithm !== undefined) throw new UsageError("--host-key-algorithm goes with --fingerprint");
-    return {};
+    return { hostKeyPolicy: opts.tofu === true ? HostKeyPolicy.TOFU : HostKeyPolicy.INSECURE_ACCEPT_ANY };
   }
-  return { hostKeyFingerprint: opts.fingerprint!, ...(opts.hostKeyAlgorithm !== undefined ? { hostKeyAlgorithm: opts.hostKeyAlgorithm } : {}) };
+  return {
+    hostKeyFingerprint: opts.fingerprint,
+    hostKeyPolicy: HostKeyPolicy.PINNED,
+    ...(opts.hostKeyAlgorithm !== undefined ? { hostKeyAlgorithm: opts.hostKeyAlgorithm } : {}),
+  };
 }
 
 export async function addAction(args: string[], raw: Opts, globals: GlobalOptions): Promise<number> {
@@ -117,7 +123,11 @@ export async function addAction(args: string[], raw: Opts, globals: GlobalOption
     const m = await s.fleet.machines.createMachine(request);
     if (s.out.mode !== "table") printJson(s.out, machineJson(m));
     else s.out.write(renderFields(s.out, machineFields(m)));
-    if (m.hostKeyFingerprint === undefined) s.out.note(`fleetrun: ${m.name} has no pinned host key: check the one it presents with fleetrun machines test ${m.name}`);
+    if (m.hostKeyPolicy === HostKeyPolicy.TOFU) {
+      s.out.note(`fleetrun: ${m.name} pins the host key its first connection sees: run fleetrun machines test ${m.name} and compare the key with ssh-keygen -lf on the host`);
+    } else if (m.hostKeyPolicy === HostKeyPolicy.INSECURE_ACCEPT_ANY) {
+      s.out.note(`fleetrun: ${m.name} accepts any host key: whoever can intercept its connections can pose as it`);
+    }
     return EXIT.ok;
   } finally {
     s.fleet.close();
@@ -130,7 +140,8 @@ export async function testAction(args: string[], _opts: Opts, globals: GlobalOpt
     const m = await resolveMachine(s.fleet, args[0]!);
     const r = await s.fleet.machines.testMachine({ id: m.id }, { timeoutMs: 120_000 });
     if (s.out.mode !== "table") printJson(s.out, { id: m.id, name: m.name, ...encodeMessage(TestMachineResponseSchema, r) });
-    const key = r.hostKeyFingerprint !== undefined ? `host key ${r.hostKeyFingerprint}${r.hostKeyAlgorithm ? ` (${r.hostKeyAlgorithm})` : ""}` : "";
+    const pinned = r.hostKeyPinned ? ", pinned now" : "";
+    const key = r.hostKeyFingerprint !== undefined ? `host key ${r.hostKeyFingerprint}${r.hostKeyAlgorithm ? ` (${r.hostKeyAlgorithm}${pinned})` : pinned}` : "";
     if (r.ok) {
       if (s.out.mode === "table") s.out.write(`${s.out.paint("green", "ok")}: ${m.name} (${m.id}) answered in ${formatDuration(Number(r.latency ?? 0n))}${key ? `, ${key}` : ""}\n`);
       return EXIT.ok;
