@@ -223,6 +223,11 @@ export function buildProgram(): Command {
     .addHelpText("after", "\nInstall:\n  bash: echo 'source <(fleetrun completion bash)' >> ~/.bashrc\n  zsh:  echo 'source <(fleetrun completion zsh)' >> ~/.zshrc\n")
     .action(lazy(async () => (await import("./commands/completion.ts")).completionAction(buildProgram)));
 
+  // For the completion scripts: machine names, one a line (not in --help).
+  program
+    .command("__machines", { hidden: true })
+    .action(lazy(async () => (await import("./commands/completion.ts")).machineNamesAction));
+
   return program;
 }
 

@@ -432,7 +432,7 @@ describe("fleetrun CLI", { timeout: 180_000 }, () => {
   });
 
   it("prints bash and zsh completion that the shells load", async () => {
-    const bash = spawnSync("bash", ["-c", `source <(${BIN} completion bash) && complete -p fleetrun && COMP_WORDS=(fleetrun mach); COMP_CWORD=1; _fleetrun; echo "\${COMPREPLY[*]}"; COMP_WORDS=(fleetrun machines a); COMP_CWORD=2; _fleetrun; echo "\${COMPREPLY[*]}"; COMP_WORDS=(fleetrun run --); COMP_CWORD=2; _fleetrun; echo "\${COMPREPLY[*]}"; COMP_WORDS=(fleetrun -o j); COMP_CWORD=2; _fleetrun; echo "\${COMPREPLY[*]}"`], { encoding: "utf8", env: { ...process.env, ...env } });
+    const bash = await spawnAsync("bash", ["-c", `source <(${BIN} completion bash) && complete -p fleetrun && COMP_WORDS=(fleetrun mach); COMP_CWORD=1; _fleetrun; echo "\${COMPREPLY[*]}"; COMP_WORDS=(fleetrun machines a); COMP_CWORD=2; _fleetrun; echo "\${COMPREPLY[*]}"; COMP_WORDS=(fleetrun run --); COMP_CWORD=2; _fleetrun; echo "\${COMPREPLY[*]}"; COMP_WORDS=(fleetrun -o j); COMP_CWORD=2; _fleetrun; echo "\${COMPREPLY[*]}"; COMP_WORDS=(fleetrun run cli-roo); COMP_CWORD=2; _fleetrun; echo "\${COMPREPLY[*]}"`], { env: { ...process.env, ...env, PATH: `${path.dirname(BIN)}:${process.env.PATH}` } });
     expect(bash.stderr).toBe("");
     const lines = bash.stdout.trim().split("\n");
     expect(lines[0]).toBe("complete -o default -F _fleetrun fleetrun");
@@ -440,6 +440,8 @@ describe("fleetrun CLI", { timeout: 180_000 }, () => {
     expect(lines[2]).toBe("add");
     expect(lines[3]!.split(" ")).toEqual(expect.arrayContaining(["--cwd", "--env", "--detach", "--timeout", "--user"]));
     expect(lines[4]).toBe("json");
+    // Machine names come from the service.
+    expect(lines[5]).toBe(rootName);
     const hasZsh = spawnSync("zsh", ["--version"]).status === 0;
     if (hasZsh) {
       const zsh = spawnSync("zsh", ["-c", `source <(${BIN} completion zsh) && echo \${_comps[fleetrun]}`], { encoding: "utf8", env: { ...process.env, ...env, HOME: configDir } });
@@ -447,6 +449,18 @@ describe("fleetrun CLI", { timeout: 180_000 }, () => {
     }
   });
 });
+
+/** spawnSync's result without blocking this process (the service under test runs in it). */
+function spawnAsync(cmd: string, args: string[], opts: { env: NodeJS.ProcessEnv }): Promise<{ stdout: string; stderr: string; status: number | null }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { env: opts.env, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.on("close", (status) => resolve({ stdout, stderr, status }));
+  });
+}
 
 /** A TCP proxy to the service whose connections can all be cut at once. */
 async function startProxy(targetPort: number): Promise<{ url: string; accepted: () => number; cutAll: () => void; close: () => Promise<void> }> {

@@ -7,6 +7,8 @@
 import type { Command, Option } from "commander";
 import { UsageError } from "../errors.ts";
 import { EXIT } from "../exit-codes.ts";
+import { openSession } from "../session.ts";
+import type { GlobalOptions } from "../session.ts";
 
 interface Node {
   path: string;
@@ -28,6 +30,9 @@ function walk(cmd: Command, path: string, out: Node[]): void {
     for (const name of [c.name(), ...c.aliases()]) walk(c, path === "" ? name : `${path} ${name}`, out);
   }
 }
+
+/** Subcommands whose first argument is a machine (its name is completed). */
+const MACHINE_PATHS = ["run", "exec", "history", ...["machines", "machine"].flatMap((m) => ["get", "test", "rm", "delete", "label"].map((c) => `${m} ${c}`))];
 
 /** Options whose value is a file name. */
 const FILE_OPTIONS = ["--key", "--passphrase-file", "--password-file"];
@@ -57,7 +62,7 @@ ${cases((n) => n.valueOptions)}
   esac
 }
 _fleetrun() {
-  local cur prev path="" i w subs skip=""
+  local cur prev path="" i w subs skip="" npos=0
   COMPREPLY=()
   cur="\${COMP_WORDS[COMP_CWORD]}"
   prev=""
@@ -77,8 +82,19 @@ _fleetrun() {
     subs=" $(_fleetrun_subcommands "$path") "
     case "$subs" in
       *" $w "*) if [ -z "$path" ]; then path="$w"; else path="$path $w"; fi ;;
+      *) npos=$((npos + 1)) ;;
     esac
   done
+  # Machine names from the service (quietly nothing when it cannot be asked).
+  case "$prev" in
+    -m|--machines) COMPREPLY=($(compgen -W "$(fleetrun __machines 2>/dev/null)" -- "\${cur##*,}")); return 0 ;;
+  esac
+  if [ "$npos" -eq 0 ] && [[ "$cur" != -* ]]; then
+    case "$path" in
+      ${MACHINE_PATHS.map((p) => JSON.stringify(p)).join("|")})
+        COMPREPLY=($(compgen -W "$(fleetrun __machines 2>/dev/null)" -- "$cur")); return 0 ;;
+    esac
+  fi
   case "$prev" in
     -o|--output) COMPREPLY=($(compgen -W "table json ndjson" -- "$cur")); return 0 ;;
     ${FILE_OPTIONS.join("|")}) COMPREPLY=($(compgen -f -- "$cur")); return 0 ;;
@@ -107,6 +123,22 @@ export function zshScript(program: Command): string {
 (( $+functions[compdef] )) || { autoload -U +X compinit && compinit; }
 autoload -U +X bashcompinit && bashcompinit
 ${bashScript(program).split("\n").filter((l) => !l.startsWith("#")).join("\n")}`;
+}
+
+/** `fleetrun __machines`: machine names, one a line, for completion; silent and quick on any error. */
+export async function machineNamesAction(_args: string[], _opts: Record<string, unknown>, globals: GlobalOptions): Promise<number> {
+  try {
+    const s = openSession({ ...globals, output: "table" });
+    try {
+      const page = await s.fleet.machines.listMachines({ limit: 1000 }, { timeoutMs: 3000 });
+      process.stdout.write(page.data.map((m) => `${m.name}\n`).join(""));
+    } finally {
+      s.fleet.close();
+    }
+  } catch {
+    // Completion offers nothing rather than an error in the middle of a command line.
+  }
+  return EXIT.ok;
 }
 
 export function completionAction(buildProgram: () => Command) {
