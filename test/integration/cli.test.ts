@@ -281,6 +281,25 @@ describe("fleetrun CLI", { timeout: 180_000 }, () => {
       expect(text).toContain("\x1b[32mcompleted\x1b[39m");
     });
 
+    it("uses no colours with NO_COLOR, even on a terminal, nor off a terminal", async () => {
+      const inPty = (extra: Record<string, string>): Promise<string> =>
+        new Promise((resolve) => {
+          const child = spawn("script", ["-qfec", `${BIN} batch -m ${names[0]} --no-progress -- true`, "/dev/null"], { env: { ...process.env, ...env, TERM: "xterm", ...extra }, stdio: ["pipe", "pipe", "inherit"] });
+          child.stdin.end();
+          let text = "";
+          child.stdout.on("data", (d: Buffer) => (text += d.toString()));
+          child.on("close", () => resolve(text));
+        });
+      const coloured = await inPty({ NO_COLOR: "" });
+      expect(coloured).toContain("\x1b[32mcompleted\x1b[39m");
+      const plain = await inPty({ NO_COLOR: "1" });
+      expect(plain).toMatch(new RegExp(`${names[0]} +completed +0 `));
+      expect(plain).not.toContain("\x1b[");
+      const piped = await cli(["batch", "-m", names[0]!, "--", "true"], { NO_COLOR: undefined });
+      expect(piped.out).toMatch(/^MACHINE +STATUS/);
+      expect(piped.out + piped.err).not.toContain("\x1b[");
+    });
+
     it("prints JSON for scripts: every machine's result, no progress and no colours off a terminal", async () => {
       const r = await cli(["batch", "-m", `${names[0]},${names[1]}`, "-m", names[3]!, "-o", "json", "--", "echo out-$((2+3))"], { NO_COLOR: undefined });
       expect(r.code).toBe(1);
