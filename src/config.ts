@@ -369,6 +369,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, argv: readonly 
   return config;
 }
 
+/** Variables of the `fleetrun` CLI (its service and token), not settings of the service. */
+const CLIENT_VARIABLES = ["FLEETRUN_URL", "FLEETRUN_TOKEN", "FLEETRUN_PROFILE", "FLEETRUN_CONFIG", "FLEETRUN_CLI_FROM_SOURCE"];
+
 /**
  * `FLEETRUN_*` variables that are no setting (a typo such as FLEETRUN_LOCAL_MACHINES
  * would otherwise be ignored without a word), each with the closest known name.
@@ -376,7 +379,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, argv: readonly 
 export function unknownSettings(env: NodeJS.ProcessEnv = process.env): { env: string; suggestion: string | null }[] {
   const known = Object.values(SPECS).map((s) => s.env as string);
   return Object.keys(env)
-    .filter((name) => name.startsWith("FLEETRUN_") && !known.includes(name))
+    .filter((name) => name.startsWith("FLEETRUN_") && !known.includes(name) && !CLIENT_VARIABLES.includes(name))
     .sort()
     .map((name) => {
       // FLEETRUN_PORT → PORT, FLEETRUN_HOST → HOST, FLEETRUN_DATABASE_URL → DATABASE_URL.

@@ -157,4 +157,8 @@ describe("configuration", () => {
       { env: "FLEETRUN_ZZZZZZZZZZZZZZ", suggestion: null },
     ]);
   });
+
+  it("leaves the CLI's variables alone", () => {
+    expect(unknownSettings({ FLEETRUN_URL: "http://x", FLEETRUN_TOKEN: "t", FLEETRUN_PROFILE: "p", FLEETRUN_CONFIG: "/c" })).toEqual([]);
+  });
 });
