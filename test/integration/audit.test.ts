@@ -214,10 +214,10 @@ describe.each(dbs)("Audit trail on %s", (db) => {
     expect(denied.find((e) => e.action === "MachineService.GetMachine" && e.machine_id === machineId)).toMatchObject({
       actor: "anonymous",
       client_address: "127.0.0.1",
-      detail: "unauthenticated: invalid token",
+      detail: "unauthenticated: invalid, revoked or expired token",
     });
     const grpcDenied = denied.find((e) => e.action === "CommandService.Execute" && e.command === "echo never");
-    expect(grpcDenied).toMatchObject({ actor: "anonymous", machine_id: machineId, detail: "unauthenticated: invalid token" });
+    expect(grpcDenied).toMatchObject({ actor: "anonymous", machine_id: machineId, detail: "unauthenticated: invalid, revoked or expired token" });
     expect(denied.find((e) => e.action === "AuditService.ListAuditEvents")).toMatchObject({ actor: "anonymous", detail: expect.stringContaining("missing bearer token") });
     expect(denied.find((e) => e.action === "CommandService.GetCommand")).toMatchObject({ actor: "admin", command_id: "cmd_doesnotexist", detail: expect.stringMatching(/^not_found: /) });
     // No token text anywhere in the trail.
