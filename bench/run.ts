@@ -131,6 +131,7 @@ async function main(): Promise<void> {
       process.stdout.write(formatSection(result, "ssh2 exec (pooled)") + "\n");
     }
     if (enabled("throughput")) {
+      if (profile) mkdirSync(path.join(resultsDir, "profiles"), { recursive: true });
       log("throughput: commands in flight over 10 machines…");
       const result = await runThroughput({
         fleet,
@@ -141,6 +142,7 @@ async function main(): Promise<void> {
         levels: [8, 32, 128],
         commandsFor: (level) => Math.max(200, level * 6),
         rounds: intEnv("BENCH_THROUGHPUT_ROUNDS", 3, 1, 20),
+        profileDir: profile ? path.join(resultsDir, "profiles") : null,
         log,
       });
       sections.push({ key: "throughput", result });

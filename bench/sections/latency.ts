@@ -7,6 +7,7 @@
  */
 import { execFile, spawn } from "node:child_process";
 import path from "node:path";
+import { SCRIPT_COMMAND_LINE, directFastCommandLine, directFastScript, newNonce } from "../../src/exec/remote-script.ts";
 import { CommandService, CommandStatus } from "../../src/gen/fleetrun/v1/command_pb.js";
 import { GrpcClient } from "../../test/fixtures/service.ts";
 import { onCleanup } from "../lib/cleanup.ts";
@@ -116,6 +117,32 @@ export async function runLatency(opts: LatencyOptions): Promise<SectionResult> {
           },
         },
         {
+          name: "ssh2, light-path script",
+          detail: "ssh2 exec of fleetrun's light-path command line and script for `true` on the same open connection, no service (the target side of Execute alone)",
+          once: async () => {
+            const nonce = newNonce();
+            const spec = { command: "true", cwd: null, env: {}, timeoutMs: 60_000, graceMs: 5_000, nonce };
+            const t0 = now();
+            const r = await exec(client, directFastCommandLine({ graceMs: 5_000, watchdogMs: 67_000 }), directFastScript(spec));
+            const ms = now() - t0;
+            if (r.code !== 0 || !r.stdout.startsWith(nonce + " started")) throw new Error(`light-path script: exit ${r.code} ${r.stdout} ${r.stderr}`);
+            return ms;
+          },
+        },
+        {
+          name: "ssh2, script without timeout",
+          detail: "the same script on `exec /bin/sh -s` (no target-side `timeout`): what the target-side timeout costs, informative",
+          once: async () => {
+            const nonce = newNonce();
+            const spec = { command: "true", cwd: null, env: {}, timeoutMs: 60_000, graceMs: 5_000, nonce };
+            const t0 = now();
+            const r = await exec(client, SCRIPT_COMMAND_LINE, directFastScript(spec));
+            const ms = now() - t0;
+            if (r.code !== 0 || !r.stdout.startsWith(nonce + " started")) throw new Error(`script without timeout: exit ${r.code} ${r.stdout} ${r.stderr}`);
+            return ms;
+          },
+        },
+        {
           name: "fleetrun Execute (gRPC)",
           detail: `@grpc/grpc-js Execute {command: "true"} on one machine, one at a time, warm (after ${WARMUP} warm-up calls)`,
           once: async () => {
@@ -186,6 +213,10 @@ export async function runLatency(opts: LatencyOptions): Promise<SectionResult> {
   const checks: Check[] = [];
   const s2 = measurements.find((m) => m.name === "ssh2 exec (pooled)");
   const cm = measurements.find((m) => m.name === "ssh host true, ControlMaster");
+  const script = measurements.find((m) => m.name === "ssh2, light-path script");
+  if (script && s2) checks.push({ name: "light-path script alone / bare ssh2 floor", value: script.median / s2.median, unit: "x", target: "(info)", met: true });
+  const bare = measurements.find((m) => m.name === "ssh2, script without timeout");
+  if (bare && s2) checks.push({ name: "script without timeout / bare ssh2 floor", value: bare.median / s2.median, unit: "x", target: "(info)", met: true });
   for (const api of ["gRPC", "REST"]) {
     const fr = measurements.find((m) => m.name === `fleetrun Execute (${api})`);
     if (fr && s2) {

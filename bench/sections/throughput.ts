@@ -6,10 +6,14 @@
  * Levels are interleaved (floor, fleetrun, floor, fleetrun…) so that both see
  * the same box.
  */
+import { readdirSync } from "node:fs";
+import path from "node:path";
 import type { Client } from "ssh2";
 import { CommandService, CommandStatus } from "../../src/gen/fleetrun/v1/command_pb.js";
 import { GrpcClient } from "../../test/fixtures/service.ts";
 import { onCleanup } from "../lib/cleanup.ts";
+import { formatProfile, summarizeProfile, type ProfileSummary } from "../lib/cpu-profile.ts";
+import { machineBusyMs, processCpuMs } from "../lib/proc.ts";
 import { registerFleet, startServiceProcess } from "../lib/service.ts";
 import { connect, exec } from "../lib/ssh2-client.ts";
 import { now } from "../lib/stats.ts";
@@ -28,6 +32,8 @@ export interface ThroughputOptions {
   commandsFor: (level: number) => number;
   /** Rounds per level (the median rate is reported). */
   rounds: number;
+  /** When set: one more run at 32 in flight with the service under --cpu-prof, summarized. */
+  profileDir: string | null;
   log: (line: string) => void;
 }
 
@@ -80,7 +86,7 @@ export async function runThroughput(opts: ThroughputOptions): Promise<SectionRes
   const grpc = new GrpcClient(svc.url, opts.token);
   const measurements: Measurement[] = [];
   const checks: Check[] = [];
-  const data: Record<string, { fleetrun: number[]; floor: number[] }> = {};
+  const data: Record<string, { fleetrun: number[]; floor: number[]; serviceCpuMsPerCommand: number[]; machineCpuMsPerCommand: { fleetrun: number[]; floor: number[] } }> = {};
   try {
     const ids = await registerFleet(svc, { ...fleet, addresses: hosts }, opts.user);
     const floorOne = async (i: number) => {
@@ -102,11 +108,21 @@ export async function runThroughput(opts: ThroughputOptions): Promise<SectionRes
       await drive(level, level * 2, floorOne);
       const fr: number[] = [];
       const fl: number[] = [];
+      const cpu: number[] = [];
+      const mFr: number[] = [];
+      const mFl: number[] = [];
       for (let r = 0; r < opts.rounds; r++) {
+        let m0 = machineBusyMs();
         fl.push(await drive(level, total, floorOne));
+        mFl.push((machineBusyMs() - m0) / total);
+        const c0 = processCpuMs(svc.pid) ?? 0;
+        m0 = machineBusyMs();
         fr.push(await drive(level, total, fleetrunOne));
+        mFr.push((machineBusyMs() - m0) / total);
+        cpu.push(((processCpuMs(svc.pid) ?? 0) - c0) / total);
       }
-      data[String(level)] = { fleetrun: fr, floor: fl };
+      data[String(level)] = { fleetrun: fr, floor: fl, serviceCpuMsPerCommand: cpu, machineCpuMsPerCommand: { fleetrun: mFr, floor: mFl } };
+      log(`      service CPU ${median(cpu).toFixed(2)} ms/command; machine CPU ${median(mFr).toFixed(1)} ms/command (fleetrun) vs ${median(mFl).toFixed(1)} (bare ssh2)`);
       const a = median(fr);
       const b = median(fl);
       log(`  ${String(level).padStart(3)} in flight: fleetrun ${a.toFixed(0)}/s, bare ssh2 ${b.toFixed(0)}/s (${(a / b).toFixed(2)})`);
@@ -116,6 +132,7 @@ export async function runThroughput(opts: ThroughputOptions): Promise<SectionRes
         detail: `${total} × Execute {command: "true"} over ${hosts.length} machines, ${level} in flight; ${a.toFixed(0)} commands/s (rounds: ${fr.map((x) => x.toFixed(0)).join(", ")})`,
         samples: fr.map((x) => 1000 / x),
         median: 1000 / a,
+        note: `service CPU ${median(cpu).toFixed(2)} ms per command; machine CPU (both cores, everything) ${median(mFr).toFixed(1)} ms per command against ${median(mFl).toFixed(1)} for bare ssh2`,
       });
       measurements.push({
         name: `bare ssh2, ${level} in flight`,
@@ -128,6 +145,11 @@ export async function runThroughput(opts: ThroughputOptions): Promise<SectionRes
   } finally {
     grpc.close();
     await svc.stop();
+  }
+  let profile: ProfileSummary | null = null;
+  try {
+    if (opts.profileDir) profile = await profiled(opts, hosts, opts.profileDir);
+  } finally {
     await closeFloor();
   }
   return {
@@ -137,7 +159,34 @@ export async function runThroughput(opts: ThroughputOptions): Promise<SectionRes
     notes: [
       "The median column is the time per command (1 / rate) of the median round; the rates are in each row's detail.",
       `Rounds per level: ${opts.rounds}, floor and fleetrun interleaved.`,
+      ...(profile ? ["service CPU profile at 32 in flight:\n" + formatProfile(profile, "the run")] : []),
     ],
     data,
+    ...(profile ? { profile } : {}),
   };
+}
+
+/** One run at 32 in flight with the service under `--cpu-prof`; the profile's summary over the run. */
+async function profiled(opts: ThroughputOptions, hosts: string[], profileDir: string): Promise<ProfileSummary | null> {
+  const svc = await startServiceProcess({ dataDir: opts.dataDir + "-profile", token: opts.token, nodeArgs: ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] });
+  const grpc = new GrpcClient(svc.url, opts.token);
+  let window: { startUs: number; endUs: number };
+  try {
+    const ids = await registerFleet(svc, { ...opts.fleet, addresses: hosts }, opts.user);
+    const one = async (i: number) => {
+      await grpc.unary(CommandService.method.execute, { machineId: ids[i % ids.length] as string, command: "true" });
+    };
+    await drive(32, 64, one);
+    const t0 = Number(process.hrtime.bigint() / 1000n);
+    const rate = await drive(32, opts.commandsFor(32), one);
+    window = { startUs: t0, endUs: Number(process.hrtime.bigint() / 1000n) };
+    opts.log(`  profiled run at 32 in flight: ${rate.toFixed(0)}/s (profiler on)`);
+  } finally {
+    grpc.close();
+    await svc.stop();
+  }
+  const file = readdirSync(profileDir)
+    .filter((f) => f.endsWith(".cpuprofile") && f.includes(`.${svc.pid}.`))
+    .map((f) => path.join(profileDir, f))[0];
+  return file ? summarizeProfile(file, window, 25) : null;
 }
