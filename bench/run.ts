@@ -1,17 +1,18 @@
 /**
  * `npm run bench`: fleetrun side by side with bare ssh2, parallel-ssh,
  * Ansible and OpenSSH on one loopback fleet of real sshd processes, plus
- * sequential latency and history paging. See bench/README.md.
+ * sequential latency, throughput and history paging. See bench/README.md.
  *
- * Environment: BENCH_MACHINES (200), BENCH_RUNS (3), BENCH_USER (root;
- * or frtest), BENCH_SKIP (comma list of: login, fanout, warm, latency, history,
+ * Environment: BENCH_MACHINES (200; 10 with only latency/throughput named),
+ * BENCH_RUNS (3), BENCH_THROUGHPUT_ROUNDS (3), BENCH_USER (root;
+ * or frtest), BENCH_SKIP (comma list of: login, fanout, warm, latency, throughput, history,
  * history-sqlite, history-postgres, fleetrun, ssh2, pssh, openssh,
  * openssh-curve, ansible, load, load-detached, load-attached),
  * BENCH_HISTORY_ROWS (1000000), BENCH_PROFILE=1 (CPU profile of one extra cold
  * fleetrun run).
  *
  * Arguments: section names to run only those (login, fanout, warm, latency,
- * history, load); `--quick` for the load section's smaller variant;
+ * throughput, history, load); `--quick` for the load section's smaller variant;
  * `--profile` = BENCH_PROFILE=1, and for `load` a profiled run instead of the
  * load scenarios. `npm run bench -- load --profile` profiles the service
  * under 100 detached commands with output on 10 machines.
