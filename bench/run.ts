@@ -1,17 +1,18 @@
 /**
  * `npm run bench`: fleetrun side by side with bare ssh2, parallel-ssh,
  * Ansible and OpenSSH on one loopback fleet of real sshd processes, plus
- * sequential latency and history paging. See bench/README.md.
+ * sequential latency, throughput and history paging. See bench/README.md.
  *
- * Environment: BENCH_MACHINES (200), BENCH_RUNS (3), BENCH_USER (root;
- * or frtest), BENCH_SKIP (comma list of: login, fanout, warm, latency, history,
+ * Environment: BENCH_MACHINES (200; 10 with only latency/throughput named),
+ * BENCH_RUNS (3), BENCH_THROUGHPUT_ROUNDS (3), BENCH_USER (root;
+ * or frtest), BENCH_SKIP (comma list of: login, fanout, warm, latency, throughput, history,
  * history-sqlite, history-postgres, fleetrun, ssh2, pssh, openssh,
  * openssh-curve, ansible, load, load-detached, load-attached),
  * BENCH_HISTORY_ROWS (1000000), BENCH_PROFILE=1 (CPU profile of one extra cold
  * fleetrun run).
  *
  * Arguments: section names to run only those (login, fanout, warm, latency,
- * history, load); `--quick` for the load section's smaller variant;
+ * throughput, history, load); `--quick` for the load section's smaller variant;
  * `--profile` = BENCH_PROFILE=1, and for `load` a profiled run instead of the
  * load scenarios. `npm run bench -- load --profile` profiles the service
  * under 100 detached commands with output on 10 machines.
@@ -30,6 +31,7 @@ import { runHistory } from "./sections/history.ts";
 import { runLatency } from "./sections/latency.ts";
 import { machinesNeeded, runLoad } from "./sections/load.ts";
 import { runLoginShell } from "./sections/login-shell.ts";
+import { runThroughput } from "./sections/throughput.ts";
 import { runWarmFloor } from "./sections/warm-floor.ts";
 
 const TOKEN = "bench-admin-token-0123456789abcdef";
@@ -46,7 +48,7 @@ function log(line: string): void {
   process.stderr.write(line + "\n");
 }
 
-const SECTIONS = ["login", "fanout", "warm", "latency", "history", "load"];
+const SECTIONS = ["login", "fanout", "warm", "latency", "throughput", "history", "load"];
 
 async function main(): Promise<void> {
   installSignalHandlers();
@@ -63,7 +65,8 @@ async function main(): Promise<void> {
   const profile = process.env.BENCH_PROFILE === "1" || args.includes("--profile");
   const loadMode = profile ? "profile" : quick ? "quick" : "full";
   const onlyLoad = only.length > 0 && only.every((s) => s === "load");
-  const machines = intEnv("BENCH_MACHINES", onlyLoad ? machinesNeeded(loadMode) : 200, 1, 240);
+  const onlySmall = only.length > 0 && only.every((s) => s === "latency" || s === "throughput");
+  const machines = intEnv("BENCH_MACHINES", onlyLoad ? machinesNeeded(loadMode) : onlySmall ? 10 : 200, 1, 240);
   const runs = intEnv("BENCH_RUNS", 3, 1, 50);
   const historyRows = intEnv("BENCH_HISTORY_ROWS", 1_000_000, 1_000, 20_000_000);
   const user = process.env.BENCH_USER ?? "root";
@@ -91,7 +94,7 @@ async function main(): Promise<void> {
   log(`fleetrun bench: ${machines} machines as ${user}, ${runs} runs, ${env.cpus} CPUs, Node ${env.node}, ${env.openssh}`);
 
   const sections: { key: string; result: SectionResult; baseline?: string }[] = [];
-  const needFleet = ["login", "fanout", "warm", "latency", "load"].some(enabled);
+  const needFleet = ["login", "fanout", "warm", "latency", "throughput", "load"].some(enabled);
   if (enabled("load") && machines < machinesNeeded(loadMode)) throw new Error(`the load section needs ${machinesNeeded(loadMode)} machines; BENCH_MACHINES is ${machines}`);
   // The fleet is only needed by the first two sections; history runs after it is stopped.
   if (needFleet) {
@@ -127,6 +130,24 @@ async function main(): Promise<void> {
       const result = await runLatency({ fleet, files, user, dataDir: path.join(work, "latency-data"), token: TOKEN, count: 50, log });
       sections.push({ key: "latency", result, baseline: "ssh2 exec (pooled)" });
       process.stdout.write(formatSection(result, "ssh2 exec (pooled)") + "\n");
+    }
+    if (enabled("throughput")) {
+      if (profile) mkdirSync(path.join(resultsDir, "profiles"), { recursive: true });
+      log("throughput: commands in flight over 10 machines…");
+      const result = await runThroughput({
+        fleet,
+        user,
+        dataDir: path.join(work, "throughput-data"),
+        token: TOKEN,
+        machines: Math.min(10, machines),
+        levels: [8, 32, 128],
+        commandsFor: (level) => Math.max(200, level * 6),
+        rounds: intEnv("BENCH_THROUGHPUT_ROUNDS", 3, 1, 20),
+        profileDir: profile ? path.join(resultsDir, "profiles") : null,
+        log,
+      });
+      sections.push({ key: "throughput", result });
+      process.stdout.write(formatSection(result) + "\n");
     }
     if (enabled("load")) {
       const profileDir = path.join(resultsDir, "profiles");

@@ -224,6 +224,7 @@ export function buildApp(deps: AppDeps): App {
         );
       },
       warn: (message, fields) => log.warn(fields, message),
+      ...(["debug", "trace"].includes(log.level) ? { commandStages: (c: { id: string }, stages_ms: Record<string, number>) => log.debug({ command_id: c.id, stages_ms }, "command stages") } : {}),
     },
   });
   metrics.add(new Gauge("fleetrun_commands_running", "Commands this process is running or following", () => engine.activeRuns));

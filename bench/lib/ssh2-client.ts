@@ -55,13 +55,14 @@ export interface ExecResult {
   stderr: string;
 }
 
-export function exec(client: Client, command: string): Promise<ExecResult> {
+export function exec(client: Client, command: string, stdin?: string): Promise<ExecResult> {
   return new Promise((resolve, reject) => {
     client.exec(command, (err, channel) => {
       if (err) {
         reject(err);
         return;
       }
+      if (stdin !== undefined) channel.end(stdin);
       let stdout = "";
       let stderr = "";
       let code: number | null = null;

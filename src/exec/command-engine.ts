@@ -31,6 +31,7 @@ import { attachJob, cancelJob, cleanupJob, killGroup, runDirect, runJob, type Jo
 import { jobDirFor } from "./remote-script.ts";
 import { signalName } from "./signals.ts";
 import type { Scope } from "./scope.ts";
+import { StageTrace } from "./stage-trace.ts";
 import { validateExecOptions, type ExecLimits, type ExecuteInput, type ValidExecute } from "./validate.ts";
 
 export interface EngineConfig extends ExecLimits {
@@ -47,6 +48,11 @@ export interface EngineObserver {
   commandStarted?(cmd: CommandRecord): void;
   commandEnded?(cmd: CommandRecord): void;
   warn?(message: string, fields: Record<string, unknown>): void;
+  /**
+   * When set, every command whose caller waits is timed stage by stage
+   * (each stage's ms since the previous one) and handed over once answered.
+   */
+  commandStages?(cmd: CommandRecord, stages: Record<string, number>): void;
 }
 
 export interface EngineDeps {
@@ -98,6 +104,8 @@ interface Run {
   slot: CommandSlot | null;
   /** Left by a previous process and taken over at start. */
   recovered?: boolean;
+  /** Stage timestamps, when the observer asks for them. */
+  trace?: StageTrace | null;
 }
 
 /**
@@ -237,7 +245,9 @@ export class CommandEngine {
    * (the caller hung up, or its deadline passed) cancels the command.
    */
   async execute(input: ExecuteInput, caller: Caller, signal?: AbortSignal): Promise<CommandView> {
-    const { run } = await this.admitAndLaunch(input, caller, true);
+    const stages = this.deps.observer?.commandStages;
+    const trace = stages ? new StageTrace() : null;
+    const { run } = await this.admitAndLaunch(input, caller, true, trace);
     const onAbort = () => {
       this.requestCancel(run, caller.name).catch(() => {});
     };
@@ -247,7 +257,12 @@ export class CommandEngine {
     }
     try {
       const done = await run.finished;
-      return await this.view(done);
+      const view = await this.view(done);
+      if (trace && stages) {
+        trace.mark("output_read");
+        stages(done, trace.durations());
+      }
+      return view;
     } finally {
       signal?.removeEventListener("abort", onAbort);
     }
@@ -266,7 +281,7 @@ export class CommandEngine {
    * is not found when out of scope); then the per-token and the process-wide
    * limits take their places, given back when the command ends.
    */
-  private async admitAndLaunch(input: ExecuteInput, caller: Caller, sync: boolean): Promise<{ run: Run }> {
+  private async admitAndLaunch(input: ExecuteInput, caller: Caller, sync: boolean, trace: StageTrace | null = null): Promise<{ run: Run }> {
     this.assertAccepting();
     const opts = this.validate(input);
     assertRunAs(caller.scope, opts.user);
@@ -278,12 +293,14 @@ export class CommandEngine {
     const record = this.newRecord(machine.id, opts, caller.name, sync);
     try {
       slot = this.admitOne(machine);
+      trace?.mark("admitted");
       await this.insertAdmitted(record, slot);
+      trace?.mark("queued_stored");
     } catch (err) {
       release();
       throw err;
     }
-    const run = this.launch(record, machine, opts.env, sync, slot);
+    const run = this.launch(record, machine, opts.env, sync, slot, trace);
     run.finished.then(release, release);
     return { run };
   }
@@ -331,9 +348,17 @@ export class CommandEngine {
    * run's `finished` resolves with the terminal record (it never rejects).
    * `slot` is its admitted place, given back when it ends.
    */
-  launch(record: CommandRecord, machine: MachineRecord, env: Record<string, string>, sync: boolean, slot: CommandSlot | null = null): Run {
+  launch(
+    record: CommandRecord,
+    machine: MachineRecord,
+    env: Record<string, string>,
+    sync: boolean,
+    slot: CommandSlot | null = null,
+    trace: StageTrace | null = null,
+  ): Run {
     const run = newRun(record, this.targetOf(machine), sync);
     run.slot = slot;
+    run.trace = trace;
     this.track(run, this.drive(run, env), "internal", "internal error while running the command");
     return run;
   }
@@ -429,6 +454,7 @@ export class CommandEngine {
     const runner = { mode: "direct" as const, jobDir: "", user: record.user };
     const ok = await commands.transition(record.id, ["queued"], { status: "running", startedAt, runner });
     if (!ok) return (await commands.get(record.id)) ?? record;
+    run.trace?.mark("running_stored");
     Object.assign(run.record, { status: "running", startedAt, runner });
     this.deps.observer?.commandStarted?.(run.record);
     const log = OutputLog.fresh(commands, record.id, { ...this.logOptions(record.id), mirrorUpTo: MIRROR_OUTPUT_UP_TO });
@@ -463,6 +489,7 @@ export class CommandEngine {
           }, record.timeoutMs);
           this.onRemoteStarted(run);
         },
+        run.trace ? (stage) => run.trace?.mark(stage) : undefined,
       );
     } catch (err) {
       end = toNotStarted(err);
@@ -576,6 +603,7 @@ export class CommandEngine {
     if (run.log) {
       await run.log.flush();
       run.log.close();
+      run.trace?.mark("output_stored");
     }
     switch (end.kind) {
       case "ended": {
@@ -639,6 +667,7 @@ export class CommandEngine {
       durationMs: startedAt ? finishedAt.getTime() - startedAt.getTime() : null,
     };
     const ok = await this.deps.stores.commands.transition(run.record.id, from, full);
+    run.trace?.mark("terminal_stored");
     if (!ok) {
       const now = await this.deps.stores.commands.get(run.record.id);
       return now ?? run.record;

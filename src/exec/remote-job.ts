@@ -12,6 +12,8 @@ import {
   cancelScript,
   cleanupScript,
   collectScript,
+  directFastCommandLine,
+  directFastScript,
   directScript,
   killGroupScript,
   newNonce,
@@ -118,25 +120,30 @@ async function runScript(
   sink: OutputSink | null,
   signal?: AbortSignal,
   onHeader?: (h: Header) => void,
+  mark?: (stage: string) => void,
+  commandLine: string = SCRIPT_COMMAND_LINE,
 ): Promise<ScriptRun> {
   let header: Header | null = null;
   const out = new MarkerSplitter(nonce, (line) => {
+    mark?.("first_byte");
     header = parseHeader(nonce, line);
     if (header) onHeader?.(header);
   });
   const err = new MarkerSplitter(nonce, () => {});
   let proc: RemoteProcess;
   try {
-    proc = await transport.exec(target, SCRIPT_COMMAND_LINE, { stdin: script, ...(signal ? { signal } : {}) });
+    proc = await transport.exec(target, commandLine, { stdin: script, ...(signal ? { signal } : {}) });
   } catch (e) {
     if (e instanceof TargetError) throw e;
     throw new TargetError("spawn_failed", `could not start the job: ${(e as Error).message}`, target.id, { cause: e });
   }
+  mark?.("channel_open");
   let lost: TargetError | null = null;
   let exit: ExitInfo | null = null;
   const pumps = Promise.all([pump(proc.stdout, out, "stdout", sink), pump(proc.stderr, err, "stderr", sink)]);
   try {
     [, exit] = await Promise.all([pumps, proc.done]);
+    mark?.("exit");
   } catch (e) {
     proc.close();
     await pumps.catch(() => {});
@@ -215,6 +222,9 @@ export async function attachJob(
 /**
  * The light path: runs the command with its output straight on the channel
  * while the caller waits. `onStarted` receives the command's process group.
+ * On an SSH target without a run-as user the login shell execs straight into
+ * the target-side `timeout` (see `directFastCommandLine`); otherwise a
+ * script on `sh -s` checks the run-as user and cwd first.
  */
 export async function runDirect(
   transport: Transport,
@@ -222,11 +232,26 @@ export async function runDirect(
   spec: Omit<StartSpec, "nonce" | "jobDir"> & { watchdogMs: number },
   sink: OutputSink,
   onStarted: (pgid: number | null, leaderStart: string | null) => void,
+  mark?: (stage: string) => void,
 ): Promise<JobEnd> {
   const nonce = newNonce();
-  const run = await runScript(transport, target, nonce, directScript({ ...spec, nonce }), sink, undefined, (h) => {
-    if (h.kind === "started") onStarted(h.pgid, h.leaderStart);
-  });
+  const fast = !target.local && spec.user === null;
+  const script = fast ? directFastScript({ ...spec, nonce }) : directScript({ ...spec, nonce });
+  const commandLine = fast ? directFastCommandLine(spec) : SCRIPT_COMMAND_LINE;
+  mark?.("script_built");
+  const run = await runScript(
+    transport,
+    target,
+    nonce,
+    script,
+    sink,
+    undefined,
+    (h) => {
+      if (h.kind === "started") onStarted(h.pgid, h.leaderStart);
+    },
+    mark,
+    commandLine,
+  );
   const h = run.header as Header | null;
   if (h?.kind === "error") return { kind: "not_started", reason: h.reason as TargetErrorReason, message: run.stderrText };
   if (!h) {

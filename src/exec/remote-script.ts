@@ -336,15 +336,7 @@ export function directScript(spec: Omit<StartSpec, "jobDir"> & { watchdogMs: num
   }
   // The command's own shell announces its process group and marks stderr
   // before anything of the command can print.
-  const inner = commandScript({ ...spec, jobDir: "" }, [
-    // The group is led by `timeout`, not by this shell: read it from /proc.
-    `fleetrun_pg=$$; fleetrun_st=; if [ -r /proc/$$/stat ]; then read -r fleetrun_pg < /proc/$$/stat; fleetrun_pg=\${fleetrun_pg##*) }; set -- $fleetrun_pg; fleetrun_pg=$3; set --; fi`,
-    // ... and when its leader started, so that a later kill can tell it from a reused id.
-    `if [ -r /proc/$fleetrun_pg/stat ]; then read -r fleetrun_st < /proc/$fleetrun_pg/stat; fleetrun_st=\${fleetrun_st##*) }; set -- $fleetrun_st; fleetrun_st=\${20}; set --; fi`,
-    `printf '%s started %s %s\\n' ${q(spec.nonce)} "$fleetrun_pg" "$fleetrun_st"`,
-    "unset fleetrun_pg fleetrun_st",
-    `printf '%s\\n' ${q(spec.nonce)} >&2`,
-  ]);
+  const inner = commandScript({ ...spec, jobDir: "" }, announceGroup(spec.nonce));
   const eof = `FLEETRUN_EOF_${spec.nonce}`;
   if (inner.includes(eof)) throw new Error("nonce collision");
   return `{
@@ -380,6 +372,55 @@ exec $S timeout -s TERM -k "$G" "$T" /bin/sh -s <<'${eof}'
 ${inner}${eof}
 }
 `;
+}
+
+/**
+ * The light path on an SSH target without a run-as user: sshd already runs
+ * the login shell as the leader of a session of its own (no pty), so it can
+ * exec straight into coreutils `timeout` (which then leads the command's
+ * process group and enforces the timeout on the target when the service is
+ * gone) and `timeout` runs the command's shell, which reads
+ * {@link directFastScript} from the channel. That is one shell fewer than
+ * {@link directScript} and no script for it to parse. The command line
+ * carries only the two durations: neither the command nor env values.
+ */
+export function directFastCommandLine(spec: { graceMs: number; watchdogMs: number }): string {
+  return `exec timeout -s TERM -k ${seconds(spec.graceMs)} ${seconds(spec.watchdogMs)} /bin/sh -s`;
+}
+
+/**
+ * The script for {@link directFastCommandLine}: checks `cwd` (header
+ * `<nonce> error cwd_not_found`, nothing run), then announces the process
+ * group and runs the command exactly as {@link directScript}'s inner shell.
+ */
+export function directFastScript(spec: Omit<StartSpec, "jobDir" | "user">): string {
+  for (const name of Object.keys(spec.env)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new Error(`unsafe env name ${JSON.stringify(name)}`);
+  }
+  const check =
+    spec.cwd === null
+      ? []
+      : [
+          `N=${q(spec.nonce)} C=${q(spec.cwd)}`,
+          HEADER_FN,
+          CWD_PROBLEM_FN,
+          `(cd -- "$C") 2>/dev/null || { cwd_problem "$(id -un)"; hdr error cwd_not_found; exit 0; }`,
+          "unset N C; unset -f hdr cwd_problem",
+        ];
+  return commandScript({ ...spec, jobDir: "", user: null }, [...check, ...announceGroup(spec.nonce)]);
+}
+
+/** The command's own shell announces its process group (led by `timeout`) and marks stderr. */
+function announceGroup(nonce: string): string[] {
+  return [
+    // The group is led by `timeout`, not by this shell: read it from /proc.
+    `fleetrun_pg=$$; fleetrun_st=; if [ -r /proc/$$/stat ]; then read -r fleetrun_pg < /proc/$$/stat; fleetrun_pg=\${fleetrun_pg##*) }; set -- $fleetrun_pg; fleetrun_pg=$3; set --; fi`,
+    // ... and when its leader started, so that a later kill can tell it from a reused id.
+    `if [ -r /proc/$fleetrun_pg/stat ]; then read -r fleetrun_st < /proc/$fleetrun_pg/stat; fleetrun_st=\${fleetrun_st##*) }; set -- $fleetrun_st; fleetrun_st=\${20}; set --; fi`,
+    `printf '%s started %s %s\\n' ${q(nonce)} "$fleetrun_pg" "$fleetrun_st"`,
+    "unset fleetrun_pg fleetrun_st",
+    `printf '%s\\n' ${q(nonce)} >&2`,
+  ];
 }
 
 /**

@@ -48,6 +48,13 @@ function rssKiB(pid: number): number {
   return m ? Number(m[1]) : 0;
 }
 
+/** The command name of the leader of `pid`'s process group. */
+function groupLeaderName(pid: number): string {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+  const pgid = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2];
+  return fs.readFileSync(`/proc/${pgid}/comm`, "utf8").trim();
+}
+
 describe("the service process", () => {
   let dataDir: string;
   let port: number;
@@ -238,6 +245,27 @@ describe("the service process", () => {
     expect(item.exit_code).toBeNull();
     const c = await rest(svc.url, "GET", `/v1/commands/${item.id}`);
     expect(c.body.data.error.code).toBe("service_restarted");
+  }, 60_000);
+
+  it("kill -9 for good while a caller waits: the target-side timeout alone ends the whole group", async () => {
+    const mark = `507.${unique()}`;
+    // Two processes in the group: the command's shell and a background sleep.
+    const command = `sleep ${mark} & sleep ${mark}; wait`;
+    const call = rest(svc!.url, "POST", "/v1/commands", { machine_id: machines[0], command, timeout: 1500 }).catch(() => null);
+    await eventually(() => processesWith(mark).length >= 2, 10_000, "the command to run");
+    const t0 = Date.now();
+    svc!.child.kill("SIGKILL");
+    await svc!.exited;
+    await call;
+    // No service at all now: only `timeout` on the target (timeout + grace + slack) can end them.
+    const pids = processesWith(mark).map((l) => Number(l.split(" ")[0]));
+    expect(pids.length).toBeGreaterThanOrEqual(2);
+    // Each of them runs in the process group that coreutils `timeout` leads.
+    const leaders = new Set(pids.map((pid) => groupLeaderName(pid)));
+    expect([...leaders]).toEqual(["timeout"]);
+    await eventually(() => processesWith(mark).length === 0, 15_000, "the target-side timeout to end the group");
+    expect(Date.now() - t0).toBeGreaterThan(1000);
+    svc = await spawnService(env(), port);
   }, 60_000);
 
   it("SIGTERM: waiting callers' commands are cancelled after the grace, detached ones keep running and are re-attached", async () => {
