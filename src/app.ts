@@ -31,6 +31,7 @@ import { authInterceptor, bearerToken } from "./rpc/auth.ts";
 import { batchHandlers } from "./rpc/batch-handlers.ts";
 import { commandServiceImpl } from "./rpc/command-service.ts";
 import { machineServiceImpl } from "./rpc/machine-service.ts";
+import { nulGuardInterceptor } from "./rpc/nul-guard.ts";
 import { tokenServiceImpl } from "./rpc/token-service.ts";
 import { registerCors } from "./server/cors.ts";
 import { createHealthService, type HealthService } from "./server/health.ts";
@@ -271,8 +272,9 @@ export function buildApp(deps: AppDeps): App {
   });
   const auth = authInterceptor({ tokens, limiter: tokenLimiter });
   // The audit interceptor is outside auth, so that refused calls are recorded too.
-  const connectInterceptors = [auditInterceptor(audit, { address: "context" }), auth];
-  const restInterceptors = [auditInterceptor(audit, { address: "rest-header" }), auth];
+  const nulGuard = nulGuardInterceptor();
+  const connectInterceptors = [auditInterceptor(audit, { address: "context" }), auth, nulGuard];
+  const restInterceptors = [auditInterceptor(audit, { address: "rest-header" }), auth, nulGuard];
   const health = createHealthService({
     initial: { "": "SERVING", [CommandService.typeName]: "SERVING", [MachineService.typeName]: "SERVING", [TokenService.typeName]: "SERVING", [AuditService.typeName]: "SERVING" },
   });

@@ -159,8 +159,15 @@ function fromRow(r: AuditEventRow): AuditRecord {
   };
 }
 
+/**
+ * Within `max` characters, and without NUL, which PostgreSQL's text refuses: a
+ * request that names an id with a NUL in it (and is refused for it) must not make
+ * the batch of records it shares a transaction with fail.
+ */
 function cut(v: string | undefined, max: number): string | undefined {
-  return v === undefined || v.length <= max ? v : `${v.slice(0, max - 1)}…`;
+  if (v === undefined) return v;
+  const clean = v.includes("\0") ? v.replaceAll("\0", "\uFFFD") : v;
+  return clean.length <= max ? clean : `${clean.slice(0, max - 1)}…`;
 }
 
 /** The event with every field within its size limit. */
@@ -185,7 +192,8 @@ export function bounded(e: AuditEvent): AuditEvent {
 }
 
 /** A command text within AUDIT_COMMAND_MAX characters; a longer one keeps its head, size and SHA-256. */
-export function boundedCommand(command: string): string {
+export function boundedCommand(text: string): string {
+  const command = text.includes("\0") ? text.replaceAll("\0", "\uFFFD") : text;
   if (command.length <= AUDIT_COMMAND_MAX) return command;
   const bytes = Buffer.byteLength(command, "utf8");
   const sha = createHash("sha256").update(command, "utf8").digest("hex");

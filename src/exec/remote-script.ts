@@ -175,6 +175,14 @@ for (const [name, script] of Object.entries({ WATCHDOG, CANCEL_HELPER, KILL_HELP
 }
 
 /**
+ * The operand `cd` gets for a cwd: a relative one is spelled `./…`, because `cd`
+ * reads a bare `-` as "the previous directory" even after `--`.
+ */
+export function cdOperand(cwd: string): string {
+  return cwd.startsWith("/") ? cwd : `./${cwd}`;
+}
+
+/**
  * Says on stderr why `cwd` ($C) could not be entered; `$1` is the user who tried.
  * A relative cwd is resolved from the login user's home, where sshd starts.
  */
@@ -236,7 +244,7 @@ printf '%s\\n' "$st" >"$J/status.tmp" && mv -f "$J/status.tmp" "$J/status"
 function commandScript(spec: StartSpec, prelude: string[] = []): string {
   const lines = ["{", ...prelude];
   if (spec.cwd !== null) {
-    lines.push(`cd -- ${q(spec.cwd)} || exit 1`);
+    lines.push(`cd -- ${q(cdOperand(spec.cwd))} || exit 1`);
   } else if (spec.user !== null) {
     // sudo keeps the caller's directory; the run-as user starts at home.
     lines.push(`cd -- "$HOME" 2>/dev/null || cd /`);
@@ -264,7 +272,7 @@ umask 077
 N=${q(spec.nonce)}
 J="$HOME"/${q(spec.jobDir)}
 U=${q(spec.user ?? "")}
-C=${q(spec.cwd ?? "")}
+C=${q(spec.cwd === null ? "" : cdOperand(spec.cwd))}
 ${HEADER_FN}
 ${CWD_PROBLEM_FN}
 if ! mkdir "$J" 2>/dev/null; then
@@ -342,7 +350,7 @@ export function directScript(spec: Omit<StartSpec, "jobDir"> & { watchdogMs: num
   return `{
 N=${q(spec.nonce)}
 U=${q(spec.user ?? "")}
-C=${q(spec.cwd ?? "")}
+C=${q(spec.cwd === null ? "" : cdOperand(spec.cwd))}
 T=${q(seconds(spec.watchdogMs))}
 G=${q(seconds(spec.graceMs))}
 ${HEADER_FN}
@@ -401,7 +409,7 @@ export function directFastScript(spec: Omit<StartSpec, "jobDir" | "user">): stri
     spec.cwd === null
       ? []
       : [
-          `N=${q(spec.nonce)} C=${q(spec.cwd)}`,
+          `N=${q(spec.nonce)} C=${q(cdOperand(spec.cwd))}`,
           HEADER_FN,
           CWD_PROBLEM_FN,
           `(cd -- "$C") 2>/dev/null || { cwd_problem "$(id -un)"; hdr error cwd_not_found; exit 0; }`,
