@@ -183,10 +183,10 @@ export function cdOperand(cwd: string): string {
 }
 
 /**
- * Says on stderr why `cwd` ($C) could not be entered; `$1` is the user who tried.
+ * Says on stderr why `cwd` ($CS as given; $C is the operand for cd) could not be entered; `$1` is the user who tried.
  * A relative cwd is resolved from the login user's home, where sshd starts.
  */
-const CWD_PROBLEM_FN = `cwd_problem() { printf 'cwd %s: no such directory, or %s may not enter it (a relative cwd is relative to the home directory of the login user, %s)\\n' "$C" "$1" "$HOME" >&2; }`;
+const CWD_PROBLEM_FN = `cwd_problem() { printf 'cwd %s: no such directory, or %s may not enter it (a relative cwd is relative to the home directory of the login user, %s)\\n' "$CS" "$1" "$HOME" >&2; }`;
 
 /**
  * Streams `out` to stdout and `err` to stderr from 1-based byte positions
@@ -272,7 +272,7 @@ umask 077
 N=${q(spec.nonce)}
 J="$HOME"/${q(spec.jobDir)}
 U=${q(spec.user ?? "")}
-C=${q(spec.cwd === null ? "" : cdOperand(spec.cwd))}
+C=${q(spec.cwd === null ? "" : cdOperand(spec.cwd))} CS=${q(spec.cwd ?? "")}
 ${HEADER_FN}
 ${CWD_PROBLEM_FN}
 if ! mkdir "$J" 2>/dev/null; then
@@ -350,7 +350,7 @@ export function directScript(spec: Omit<StartSpec, "jobDir"> & { watchdogMs: num
   return `{
 N=${q(spec.nonce)}
 U=${q(spec.user ?? "")}
-C=${q(spec.cwd === null ? "" : cdOperand(spec.cwd))}
+C=${q(spec.cwd === null ? "" : cdOperand(spec.cwd))} CS=${q(spec.cwd ?? "")}
 T=${q(seconds(spec.watchdogMs))}
 G=${q(seconds(spec.graceMs))}
 ${HEADER_FN}
@@ -409,7 +409,7 @@ export function directFastScript(spec: Omit<StartSpec, "jobDir" | "user">): stri
     spec.cwd === null
       ? []
       : [
-          `N=${q(spec.nonce)} C=${q(cdOperand(spec.cwd))}`,
+          `N=${q(spec.nonce)} C=${q(cdOperand(spec.cwd))} CS=${q(spec.cwd)}`,
           HEADER_FN,
           CWD_PROBLEM_FN,
           `(cd -- "$C") 2>/dev/null || { cwd_problem "$(id -un)"; hdr error cwd_not_found; exit 0; }`,
