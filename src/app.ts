@@ -2,7 +2,7 @@
  * buildApp(deps): the whole service wired together, not listening. Tests
  * build it on port 0; main.ts adds configuration, signals and listening.
  */
-import { createHash, timingSafeEqual } from "node:crypto";
+import { timingSafeEqual } from "node:crypto";
 import os from "node:os";
 import { createContextValues, createRouterTransport, type ConnectRouter } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
@@ -20,7 +20,7 @@ import { CommandService } from "./gen/fleetrun/v1/command_pb.js";
 import { MachineService } from "./gen/fleetrun/v1/machine_pb.js";
 import { TokenService } from "./gen/fleetrun/v1/token_pb.js";
 import { TokenLimiter } from "./exec/token-limits.ts";
-import { TokenRegistry } from "./exec/tokens.ts";
+import { digest, TokenRegistry } from "./exec/tokens.ts";
 import { Counter, EVENT_LOOP_LAG_BUCKETS, Gauge, Histogram, Registry, sampleEventLoopLag } from "./metrics.ts";
 import { registerOpenApiRoute } from "./rest/openapi-route.ts";
 import { RestHttpError, restErrorFrom } from "./rest/rest-errors.ts";
@@ -356,10 +356,10 @@ export function buildApp(deps: AppDeps): App {
  */
 function bearerCheck(token: string | null): (header: string | undefined) => boolean {
   if (token === null) return () => true;
-  const want = createHash("sha256").update(token, "utf8").digest();
+  const want = digest(token);
   return (header) => {
     const given = bearerToken(header ?? null);
-    return given !== null && timingSafeEqual(createHash("sha256").update(given, "utf8").digest(), want);
+    return given !== null && timingSafeEqual(digest(given), want);
   };
 }
 

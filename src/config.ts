@@ -288,7 +288,8 @@ export function flagOf(env: string): string {
  * local user can read (`ps`, /proc/<pid>/cmdline). DATABASE_URL is refused
  * there only when it holds a password.
  */
-const SECRET_SETTINGS: ReadonlySet<string> = new Set(["FLEETRUN_ADMIN_TOKEN", "FLEETRUN_METRICS_TOKEN", "FLEETRUN_SECRET_KEY"]);
+/** Settings that are secrets: environment only, never a flag. */
+export const SECRET_SETTINGS: ReadonlySet<string> = new Set(["FLEETRUN_ADMIN_TOKEN", "FLEETRUN_METRICS_TOKEN", "FLEETRUN_SECRET_KEY"]);
 
 /** Whether a setting can be given as a flag (secrets cannot). */
 export function hasFlag(env: string): boolean {

@@ -12,7 +12,7 @@ import path from "node:path";
 import type { FastifyBaseLogger } from "fastify";
 import { ensureAdminToken } from "./admin-token.ts";
 import { buildApp, loggerOptions } from "./app.ts";
-import { ConfigError, describeConfig, loadConfig, sshOptionsFrom, unknownSettings, type Config } from "./config.ts";
+import { ConfigError, describeConfig, loadConfig, SECRET_SETTINGS, sshOptionsFrom, unknownSettings, type Config } from "./config.ts";
 import { DataDirLockedError, lockDataDir, type DataDirLock } from "./data-dir-lock.ts";
 import { openStores } from "./db/index.ts";
 import { createPrivateFile, octal, secureDataDir, securePrivateFiles, SharedDataDirError, type DataDirReport } from "./file-modes.ts";
@@ -111,7 +111,7 @@ async function main(): Promise<void> {
   let dataDirReport: DataDirReport;
   // Read once; commands on the built-in machine inherit this process's environment,
   // and a database URL may hold a password.
-  for (const secret of ["FLEETRUN_SECRET_KEY", "FLEETRUN_ADMIN_TOKEN", "FLEETRUN_METRICS_TOKEN", "DATABASE_URL"]) delete process.env[secret];
+  for (const secret of [...SECRET_SETTINGS, "DATABASE_URL"]) delete process.env[secret];
   try {
     // 0700, and 0600 for the files in it, also when an older version or a volume left them wider.
     dataDirReport = secureDataDir(config.dataDir);

@@ -21,7 +21,7 @@ import type { DescEnum, DescField, DescMessage, DescMethod, DescService } from "
 import { ScalarType } from "@bufbuild/protobuf";
 import { restBindings } from "./http-rule.ts";
 import type { RestBinding } from "./http-rule.ts";
-import { codeNames } from "./rest-errors.ts";
+import { codeNames } from "../rpc/errors.ts";
 import { enumValueRestName } from "./json-codec.ts";
 import { ndjsonContentType, sseContentType } from "./stream-response.ts";
 

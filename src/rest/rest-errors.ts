@@ -8,6 +8,7 @@
  * `fleetrun-resume-offset` trailer): the byte offset to follow again from.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
+import { codeNames, ERROR_FIELD_HEADER, RESUME_OFFSET_HEADER, RETRY_AFTER_HEADER } from "../rpc/errors.ts";
 import { RestInputError } from "./json-codec.ts";
 
 export interface RestErrorBody {
@@ -20,34 +21,6 @@ export interface RestError {
   /** Response headers that go with the error (`retry-after` of a 429). */
   readonly headers?: Readonly<Record<string, string>>;
 }
-
-/** Metadata header naming the request field a Connect error is about. */
-export const errorFieldHeader = "x-error-field";
-
-/** Metadata header of a RESOURCE_EXHAUSTED refusal: seconds to wait; becomes the HTTP `Retry-After`. */
-export const retryAfterHeader = "retry-after";
-/** Metadata trailer carrying the offset a stream ended by a stop resumes from. */
-export const resumeOffsetHeader = "fleetrun-resume-offset";
-
-/** gRPC code names, snake_case, as they appear in REST error bodies. */
-export const codeNames: Readonly<Record<Code, string>> = {
-  [Code.Canceled]: "cancelled",
-  [Code.Unknown]: "unknown",
-  [Code.InvalidArgument]: "invalid_argument",
-  [Code.DeadlineExceeded]: "deadline_exceeded",
-  [Code.NotFound]: "not_found",
-  [Code.AlreadyExists]: "already_exists",
-  [Code.PermissionDenied]: "permission_denied",
-  [Code.ResourceExhausted]: "resource_exhausted",
-  [Code.FailedPrecondition]: "failed_precondition",
-  [Code.Aborted]: "aborted",
-  [Code.OutOfRange]: "out_of_range",
-  [Code.Unimplemented]: "unimplemented",
-  [Code.Internal]: "internal",
-  [Code.Unavailable]: "unavailable",
-  [Code.DataLoss]: "data_loss",
-  [Code.Unauthenticated]: "unauthenticated",
-};
 
 /** The HTTP status of each gRPC code (the mapping of google.rpc.Code). */
 export const httpStatusOfCode: Readonly<Record<Code, number>> = {
@@ -96,13 +69,13 @@ export function restErrorFrom(err: unknown, bodyLimit?: number): RestError {
     return { status: err.status, body: errorBody(err.code, err.message, err.field) };
   }
   if (err instanceof ConnectError) {
-    const field = err.metadata.get(errorFieldHeader) ?? undefined;
+    const field = err.metadata.get(ERROR_FIELD_HEADER) ?? undefined;
     const status = httpStatusOfCode[err.code] ?? 500;
     const body = errorBody(codeNames[err.code] ?? "unknown", err.rawMessage, field);
-    const resume = err.metadata.get(resumeOffsetHeader);
+    const resume = err.metadata.get(RESUME_OFFSET_HEADER);
     if (resume !== null && /^\d{1,15}$/.test(resume)) body.error.resume_offset = Number(resume);
     // A refusal at a limit (429): when to retry, in whole seconds.
-    const retryAfter = err.metadata.get(retryAfterHeader);
+    const retryAfter = err.metadata.get(RETRY_AFTER_HEADER);
     if (retryAfter !== null && /^\d+$/.test(retryAfter)) return { status, body, headers: { "retry-after": retryAfter } };
     return { status, body };
   }

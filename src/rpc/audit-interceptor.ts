@@ -19,7 +19,8 @@
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
 import type { AuditEvent, AuditOutcome, AuditSink } from "../exec/audit-port.ts";
 import { CommandStatus } from "../gen/fleetrun/v1/command_pb.js";
-import { principalKey } from "./auth.ts";
+import { OPEN_SERVICES, principalKey } from "./auth.ts";
+import { codeNames } from "./errors.ts";
 
 /** The caller's address, set per call by the Connect door from the socket. */
 export const clientAddressKey = createContextKey<string | undefined>(undefined, { description: "client address" });
@@ -37,7 +38,6 @@ export function normalClientAddress(ip: string | undefined): string | undefined 
   return /^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(ip) ? ip.slice(7) : ip;
 }
 
-const UNAUDITED = new Set(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]);
 /** Services whose request fields are filters, not the subject of the call. */
 const NO_REQUEST_IDS = new Set(["fleetrun.v1.AuditService"]);
 const DENIALS = new Set([Code.Unauthenticated, Code.PermissionDenied, Code.NotFound]);
@@ -52,7 +52,8 @@ type Ids = Pick<AuditEvent, "machineId" | "commandId" | "batchId">;
 
 export function auditInterceptor(sink: AuditSink, options: AuditInterceptorOptions): Interceptor {
   return (next) => async (req) => {
-    if (UNAUDITED.has(req.service.typeName)) return next(req);
+    // Health checking and reflection need no token and leave no record.
+    if (OPEN_SERVICES.has(req.service.typeName)) return next(req);
     const action = `${req.service.name}.${req.method.name}`;
     const clientAddress = options.address === "context" ? req.contextValues.get(clientAddressKey) : (req.header.get(CLIENT_ADDRESS_HEADER) ?? undefined);
     const takeRequestIds = !NO_REQUEST_IDS.has(req.service.typeName);
@@ -74,7 +75,7 @@ export function auditInterceptor(sink: AuditSink, options: AuditInterceptorOptio
     };
     const fail = (err: unknown) => {
       const ce = ConnectError.from(err);
-      record(DENIALS.has(ce.code) ? "denied" : "error", `${codeName(ce.code)}: ${ce.rawMessage}`);
+      record(DENIALS.has(ce.code) ? "denied" : "error", `${codeNames[ce.code] ?? "unknown"}: ${ce.rawMessage}`);
     };
 
     if (!req.stream) {
@@ -178,8 +179,4 @@ function outcomeDetail(m: unknown): string | undefined {
   const parts = [`status=${status}`];
   if (typeof cmd.exitCode === "number") parts.push(`exit_code=${cmd.exitCode}`);
   return parts.join(" ");
-}
-
-function codeName(code: Code): string {
-  return (Code[code] ?? "unknown").replace(/[A-Z]/g, (c, i: number) => (i === 0 ? c.toLowerCase() : `_${c.toLowerCase()}`));
 }

@@ -16,19 +16,18 @@ import {
   VerifyAuditChainResponseSchema,
   type AuditEvent,
 } from "../gen/fleetrun/v1/audit_pb.js";
-import { allMachines, allowsAction } from "../exec/scope.ts";
+import { allMachines } from "../exec/scope.ts";
 import { principalOf } from "./command-service.ts";
 import { unary } from "./wrap.ts";
 
 const OUTCOMES: readonly AuditOutcome[] = ["ok", "denied", "error"];
 
 /**
- * The auth interceptor already requires `admin` (an unlisted method); the trail
- * names every machine and caller, so a scope limited to some machines is refused too.
+ * The auth interceptor has required `admin` (an unlisted method); the trail
+ * names every machine and caller, so it also needs a scope over every machine.
  */
 function requireAdmin(ctx: HandlerContext): void {
-  const { scope } = principalOf(ctx);
-  if (!allowsAction(scope, "admin") || !allMachines(scope)) {
+  if (!allMachines(principalOf(ctx).scope)) {
     throw new PermissionDeniedError("the audit trail needs an admin token whose scope covers every machine");
   }
 }

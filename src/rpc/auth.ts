@@ -28,7 +28,8 @@ export type { Principal } from "../exec/tokens.ts";
 export const principalKey = createContextKey<Principal | null>(null, { description: "authenticated caller" });
 export const callerKey = createContextKey<Caller | null>(null, { description: "the caller as the domain sees it" });
 
-const OPEN_SERVICES = new Set(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]);
+/** Services that need no token: health checking and reflection. */
+export const OPEN_SERVICES: ReadonlySet<string> = new Set(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]);
 
 export function bearerToken(header: string | null): string | null {
   if (!header) return null;

@@ -21,6 +21,26 @@ export const RETRY_AFTER_HEADER = "retry-after";
  */
 export const RESUME_OFFSET_HEADER = "fleetrun-resume-offset";
 
+/** gRPC code names, snake_case, as they appear in REST error bodies and audit records. */
+export const codeNames: Readonly<Record<Code, string>> = {
+  [Code.Canceled]: "cancelled",
+  [Code.Unknown]: "unknown",
+  [Code.InvalidArgument]: "invalid_argument",
+  [Code.DeadlineExceeded]: "deadline_exceeded",
+  [Code.NotFound]: "not_found",
+  [Code.AlreadyExists]: "already_exists",
+  [Code.PermissionDenied]: "permission_denied",
+  [Code.ResourceExhausted]: "resource_exhausted",
+  [Code.FailedPrecondition]: "failed_precondition",
+  [Code.Aborted]: "aborted",
+  [Code.OutOfRange]: "out_of_range",
+  [Code.Unimplemented]: "unimplemented",
+  [Code.Internal]: "internal",
+  [Code.Unavailable]: "unavailable",
+  [Code.DataLoss]: "data_loss",
+  [Code.Unauthenticated]: "unauthenticated",
+};
+
 const CODES: Record<ErrorCode, Code> = {
   invalid_argument: Code.InvalidArgument,
   not_found: Code.NotFound,
