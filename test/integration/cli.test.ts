@@ -9,11 +9,11 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { ROOT, eventually, freePort, processesWith, registerMachine, startService, type TestService } from "../fixtures/service.ts";
+import { startCutProxy } from "../fixtures/cut-proxy.ts";
 
 const fleet = inject("sshFleet");
 const BIN = path.join(ROOT, "node_modules/.bin/fleetrun");
@@ -212,7 +212,7 @@ describe("fleetrun CLI", { timeout: 180_000 }, () => {
   });
 
   it("resumes a follow after the connection drops: no gap, no duplicate", async () => {
-    const proxy = await startProxy(svc.port);
+    const proxy = await startCutProxy(svc.port);
     try {
       const id = (await cli(["run", root, "--detach", "--", "for i in $(seq 1 40); do echo line-$i; sleep 0.05; done; exit 7"])).out.trim();
       const follow = start(["follow", id], { ...env, FLEETRUN_URL: proxy.url });
@@ -481,37 +481,3 @@ function spawnAsync(cmd: string, args: string[], opts: { env: NodeJS.ProcessEnv 
   });
 }
 
-/** A TCP proxy to the service whose connections can all be cut at once. */
-async function startProxy(targetPort: number): Promise<{ url: string; accepted: () => number; cutAll: () => void; close: () => Promise<void> }> {
-  const sockets = new Set<net.Socket>();
-  let accepted = 0;
-  const server = net.createServer((client) => {
-    accepted++;
-    const upstream = net.connect(targetPort, "127.0.0.1");
-    sockets.add(client).add(upstream);
-    const drop = (): void => {
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-    };
-    client.on("error", drop).on("close", drop);
-    upstream.on("error", drop).on("close", drop);
-    client.pipe(upstream);
-    upstream.pipe(client);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as net.AddressInfo).port;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    accepted: () => accepted,
-    cutAll: () => {
-      for (const s of sockets) s.destroy();
-    },
-    close: () =>
-      new Promise((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  };
-}

@@ -3,47 +3,13 @@
  * fleet: every protocol, auth and deadlines, live async iteration, and resume
  * without gap or duplicate after the connection is cut mid-stream.
  */
-import net from "node:net";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { Code, CommandStatus, ConnectError, createFleetrunClient } from "fleetrun/client";
 import type { CommandEvent, FleetrunClient, FleetrunClientOptions } from "fleetrun/client";
 import { eventually, registerMachine, startService, type TestService } from "../fixtures/service.ts";
+import { startCutProxy } from "../fixtures/cut-proxy.ts";
 
 const fleet = inject("sshFleet");
-
-/** A TCP proxy to the service whose connections can all be cut at once. */
-async function startProxy(targetPort: number): Promise<{ url: string; connections: () => number; cutAll: () => void; close: () => Promise<void> }> {
-  const pairs = new Set<net.Socket>();
-  const server = net.createServer((client) => {
-    const upstream = net.connect(targetPort, "127.0.0.1");
-    pairs.add(client);
-    pairs.add(upstream);
-    const drop = (): void => {
-      client.destroy();
-      upstream.destroy();
-      pairs.delete(client);
-      pairs.delete(upstream);
-    };
-    client.on("error", drop).on("close", drop);
-    upstream.on("error", drop).on("close", drop);
-    client.pipe(upstream);
-    upstream.pipe(client);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const port = (server.address() as net.AddressInfo).port;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    connections: () => pairs.size / 2,
-    cutAll: () => {
-      for (const s of pairs) s.destroy();
-    },
-    close: () =>
-      new Promise((resolve) => {
-        for (const s of pairs) s.destroy();
-        server.close(() => resolve());
-      }),
-  };
-}
 
 function text(events: CommandEvent[]): string {
   return events
@@ -143,7 +109,7 @@ describe("fleetrun/client", () => {
 
   for (const v of [variants[0]!, variants[2]!]) {
     it(`resumes after the connection is cut mid-stream (${v.name}): every line once, in order`, async () => {
-      const proxy = await startProxy(svc.port);
+      const proxy = await startCutProxy(svc.port);
       try {
         const reconnects: bigint[] = [];
         const fleetrun = client({ ...v.opts, baseUrl: proxy.url, resume: { initialDelayMs: 50 } });
