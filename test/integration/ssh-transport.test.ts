@@ -4,11 +4,11 @@
 import net from "node:net";
 import { Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import ssh2 from "ssh2";
 import { afterAll, describe, expect, inject, it, vi } from "vitest";
 import { TargetError } from "../../src/exec/errors.ts";
 import type { MachineTarget, RemoteProcess, Transport } from "../../src/exec/ports.ts";
 import { createSshTransport } from "../../src/ssh/ssh-transport.ts";
+import { newHostKey } from "../fixtures/fake-sshd.ts";
 
 const fleet = inject("sshFleet");
 
@@ -125,7 +125,7 @@ describe("ssh transport against OpenSSH", () => {
   });
 
   it("a wrong key, passphrase or password is auth_failed without the secret in the message", async () => {
-    const otherKey = ssh2.utils.generateKeyPairSync("ed25519").private;
+    const otherKey = newHostKey().pem;
     const wrongKey = await rejection(transport.exec(machine(2, { id: "mach_sshit_wrongkey", privateKey: otherKey }), "true"));
     expect(wrongKey.reason).toBe("auth_failed");
     expect(wrongKey.message).toContain(`${fleet.addresses[2]}:${fleet.port}`);

@@ -6,20 +6,18 @@
 import net from "node:net";
 import ssh2 from "ssh2";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { fingerprintOf } from "../../src/ssh/host-key.ts";
 import { createSshTransport } from "../../src/ssh/ssh-transport.ts";
+import { newHostKey } from "../fixtures/fake-sshd.ts";
 
-const { Server, utils } = ssh2;
-const pair = utils.generateKeyPairSync("ed25519");
-const parsed = utils.parseKey(pair.private);
-if (parsed instanceof Error || Array.isArray(parsed)) throw new Error("bad key");
-const fingerprint = fingerprintOf(parsed.getPublicSSH());
+const { Server } = ssh2;
+const hostKey = newHostKey();
+const fingerprint = hostKey.fingerprint;
 
 let server: InstanceType<typeof Server>;
 let port = 0;
 
 beforeAll(async () => {
-  server = new Server({ hostKeys: [pair.private] }, (client) => {
+  server = new Server({ hostKeys: [hostKey.pem] }, (client) => {
     client.on("error", () => {});
     client.on("authentication", (ctx) => (ctx.method === "password" ? ctx.accept() : ctx.reject(["password"])));
     client.on("session", (accept) => {

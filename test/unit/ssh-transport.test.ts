@@ -10,24 +10,17 @@ import type { Connection, ServerChannel } from "ssh2";
 import { afterEach, describe, expect, it } from "vitest";
 import { TargetError } from "../../src/exec/errors.ts";
 import type { MachineTarget, RemoteProcess, Transport } from "../../src/exec/ports.ts";
-import { fingerprintOf } from "../../src/ssh/host-key.ts";
 import { createSshTransport } from "../../src/ssh/ssh-transport.ts";
 import type { SshTransportOptions } from "../../src/ssh/ssh-transport.ts";
+import { newHostKey } from "../fixtures/fake-sshd.ts";
 
-const { Server, utils } = ssh2;
+const { Server } = ssh2;
 
 const USER = "tester";
 const PASSWORD = "correct horse battery";
 
-function hostKey(type: "ed25519" | "ecdsa"): { pem: string; fingerprint: string; keyType: string } {
-  const pair = type === "ed25519" ? utils.generateKeyPairSync("ed25519") : utils.generateKeyPairSync("ecdsa", { bits: 256 });
-  const parsed = utils.parseKey(pair.private);
-  if (parsed instanceof Error || Array.isArray(parsed)) throw new Error("bad generated key");
-  return { pem: pair.private, fingerprint: fingerprintOf(parsed.getPublicSSH()), keyType: parsed.type };
-}
-
-const ED25519 = hostKey("ed25519");
-const ECDSA = hostKey("ecdsa");
+const ED25519 = newHostKey("ed25519");
+const ECDSA = newHostKey("ecdsa");
 
 interface FakeServerOptions {
   hostKeys?: string[];
